@@ -1,0 +1,28 @@
+# One place for every command a user or CI runs. `make install demo` then `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install demo test lint bench clean-data
+
+install:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) check
+
+demo:
+	$(PY) -m anomaly_zoo.train
+
+test:
+	$(PY) -m pytest -q
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench:
+	$(PY) experiments/bench_metrics.py
+
+clean-data:
+	rm -rf data/synthetic

