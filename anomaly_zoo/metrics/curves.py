@@ -1,95 +1,99 @@
-"""Exact (unbinned) ROC / precision-recall / PRO statistics from two sorted score arrays.
+"""Exact (unbinned) ROC, precision-recall and PRO statistics from sorted positive and negative scores.
 
-Every metric here is computed from the *sorted positive* and *sorted negative* scores alone, which
-gives the same numbers as scikit-learn's threshold sweep (ties included) without ever building the
-full per-threshold curve. Sorting two value arrays in place is the only O(n log n) step; it needs no
-argsort index (8 bytes per pixel), so peak memory stays near one copy of the maps.
+Every statistic here only needs, for each positive score p, how many negative scores are below it and
+how many equal it: two `searchsorted` calls of the (few) positives into the sorted negatives. So the one
+O(n log n) step is sorting the negatives in place (numpy's SIMD sort: about 1 s for 110 M float32 on one
+core), with no argsort index (8 bytes per pixel) and no per-threshold curve arrays. That keeps the suite fast
+and its peak memory near one copy of the maps. Ties are handled exactly as scikit-learn does.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 PRO_FPR_LIMIT = 0.3
 
 
-def _distinct_descending(sorted_asc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values of an ascending array, largest first, with how many elements are >= each."""
-    desc = sorted_asc[::-1]
-    if desc.size == 0:
-        return desc, np.zeros(0, dtype=np.int64)
-    last_of_group = np.flatnonzero(desc[1:] != desc[:-1])
-    ends = np.append(last_of_group, desc.size - 1)
-    return desc[ends], ends.astype(np.int64) + 1
+@dataclass(frozen=True)
+class RankedScores:
+    """Positives and negatives sorted ascending, and each positive's rank among the negatives."""
+
+    pos: np.ndarray
+    neg: np.ndarray
+    neg_below: np.ndarray  # per positive: number of negatives strictly below it
+    neg_upto: np.ndarray  # per positive: number of negatives below or equal to it
+
+    @classmethod
+    def from_sorted(cls, pos: np.ndarray, neg: np.ndarray) -> RankedScores:
+        return cls(pos, neg, np.searchsorted(neg, pos, side="left"), np.searchsorted(neg, pos, side="right"))
+
+    @property
+    def defined(self) -> bool:
+        return self.pos.size > 0 and self.neg.size > 0
 
 
-def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(score_pos > score_neg) + 0.5 P(equal): the trapezoidal ROC area scikit-learn reports.
-
-    `pos` and `neg` must be sorted ascending.
-    """
-    if pos.size == 0 or neg.size == 0:
+def auroc(r: RankedScores) -> float:
+    """P(score_pos > score_neg) + 0.5 P(equal): the trapezoidal ROC area scikit-learn reports."""
+    if not r.defined:
         return math.nan
-    below = np.searchsorted(neg, pos, side="left").astype(np.float64)
-    equal = np.searchsorted(neg, pos, side="right") - below
-    return float((below.sum() + 0.5 * equal.sum()) / (pos.size * neg.size))
+    below = r.neg_below.sum(dtype=np.float64)
+    ties = r.neg_upto.sum(dtype=np.float64) - below
+    return float((below + 0.5 * ties) / (r.pos.size * r.neg.size))
 
 
-def ap_and_f1max(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
-    """Average precision (scikit-learn's step-wise definition) and the best F1 over all thresholds.
+def ap_and_f1max(r: RankedScores) -> tuple[float, float]:
+    """Average precision (scikit-learn's step-wise sum) and the best F1 over all thresholds.
 
-    Recall only changes at thresholds equal to a positive score, and among thresholds with the same
-    recall the highest one has the fewest false positives, so both statistics only need the distinct
-    positive scores. `pos` and `neg` must be sorted ascending.
+    Recall only changes at thresholds equal to a positive score, and among thresholds with the same recall
+    the highest has the fewest false positives, so the distinct positive scores are the only thresholds needed.
     """
-    n_pos = pos.size
-    if n_pos == 0 or neg.size == 0:
+    if not r.defined:
         return math.nan, math.nan
-    thresholds, tp = _distinct_descending(pos)
-    fp = neg.size - np.searchsorted(neg, thresholds, side="left")
-    tp = tp.astype(np.float64)
-    precision = tp / (tp + fp)
-    recall_step = np.diff(tp, prepend=0.0) / n_pos
-    ap = float(np.sum(recall_step * precision))
+    n_pos, n_neg = r.pos.size, r.neg.size
+    starts = np.flatnonzero(np.diff(r.pos, prepend=-np.inf) != 0)  # first index of each distinct value
+    tp = (n_pos - starts).astype(np.float64)  # positives >= threshold
+    fp = (n_neg - r.neg_below[starts]).astype(np.float64)  # negatives >= threshold
+    recall_step = np.diff(starts, append=n_pos) / n_pos
+    ap = float(np.sum(recall_step * tp / (tp + fp)))
     f1max = float(np.max(2.0 * tp / (tp + fp + n_pos)))
     return ap, f1max
 
 
-def pro_auc(pos: np.ndarray, pos_weights: np.ndarray, neg: np.ndarray, fpr_limit: float = PRO_FPR_LIMIT) -> float:
+def pro_auc(r: RankedScores, pos_weights: np.ndarray, fpr_limit: float = PRO_FPR_LIMIT) -> float:
     """Normalised area under the per-region-overlap curve for FPR in [0, fpr_limit].
 
-    `pos` (ascending) are the scores of defect pixels and `pos_weights` their weights
-    1 / (region size * number of regions), so the summed weight of defect pixels at or above a threshold is
-    the mean per-region overlap. `neg` (ascending) are all normal pixels. The curve is evaluated at every
-    distinct score (exact, no fixed threshold grid) and integrated with the trapezoidal rule. The last
-    segment, which crosses FPR = fpr_limit, is linearly interpolated at fpr_limit (as the MVTec AD
-    reference code does), and the area is divided by fpr_limit so a perfect map scores 1.
+    `pos_weights` (aligned with `r.pos`) are 1 / (region size * number of regions), so the summed weight of the
+    defect pixels at or above a threshold is the mean per-region overlap. The curve runs through every distinct
+    score (no threshold grid) and is integrated with the trapezoidal rule; the segment that crosses
+    FPR = fpr_limit is linearly interpolated there (as in the MVTec AD reference code), and the area is divided
+    by fpr_limit so a perfect map scores 1.
+
+    Each negative pixel at value v widens the curve by 1/N at height (PRO(> v) + PRO(>= v)) / 2, so the area
+    below the crossing is a weighted count over positives, like AUROC's, and needs no per-threshold arrays.
     """
-    if pos.size == 0 or neg.size == 0:
+    if not r.defined:
         return math.nan
-    n_neg = neg.size
-    # Only the top `fpr_limit` share of negatives can lie on the integrated part of the curve.
-    # Start at a whole group of equal scores so the crossing segment's FPR is exact.
-    needed = min(n_neg, math.ceil(fpr_limit * n_neg) + 1)
-    top = neg[np.searchsorted(neg, neg[n_neg - needed], side="left") :]
-    thresholds, n_at_or_above = _distinct_descending(top)
-    fpr = n_at_or_above / n_neg
-    # Weight of defect pixels above a threshold: suffix sums over the ascending positive scores.
-    suffix = np.zeros(pos.size + 1, dtype=np.float64)
-    suffix[:-1] = np.cumsum(pos_weights[::-1], dtype=np.float64)[::-1]
-    pro_ge = suffix[np.searchsorted(pos, thresholds, side="left")]
-    pro_gt = suffix[np.searchsorted(pos, thresholds, side="right")]
-    fpr_prev = np.concatenate(([0.0], fpr[:-1]))
-    # Segment g runs from (fpr_prev, pro_gt) to (fpr, pro_ge).
-    crossing = int(np.searchsorted(fpr, fpr_limit, side="left"))
-    crossing = min(crossing, fpr.size - 1)
-    full = slice(0, crossing)
-    area = float(np.sum((fpr[full] - fpr_prev[full]) * (pro_gt[full] + pro_ge[full]) / 2.0))
-    x0, x1 = fpr_prev[crossing], fpr[crossing]
-    y0, y1 = pro_gt[crossing], pro_ge[crossing]
-    x_end = min(fpr_limit, x1)
-    y_end = y0 + (y1 - y0) * (x_end - x0) / (x1 - x0)
-    area += (x_end - x0) * (y0 + y_end) / 2.0
+    pos, neg, n_neg = r.pos, r.neg, r.neg.size
+    # v_star: the negative value whose group of ties crosses fpr_limit.
+    k_star = min(max(math.ceil(fpr_limit * n_neg), 1), n_neg)
+    v_star = neg[n_neg - k_star]
+    n_le_star = int(np.searchsorted(neg, v_star, side="right"))  # negatives <= v_star
+    fpr_before = (n_neg - n_le_star) / n_neg
+    fpr_after = (n_neg - int(np.searchsorted(neg, v_star, side="left"))) / n_neg
+    first_above = int(np.searchsorted(pos, v_star, side="right"))
+    first_at = int(np.searchsorted(pos, v_star, side="left"))
+    w = pos_weights.astype(np.float64, copy=False)
+    # Negatives strictly above v_star: below a positive p (> v_star) they count once, tied with it half.
+    above = slice(first_above, None)
+    lower = r.neg_below[above] - n_le_star
+    tied = r.neg_upto[above] - r.neg_below[above]
+    area = float(np.sum(w[above] * (lower + 0.5 * tied))) / n_neg
+    # The crossing segment runs from (fpr_before, PRO(> v_star)) to (fpr_after, PRO(>= v_star)).
+    y0, y1 = float(w[first_above:].sum()), float(w[first_at:].sum())
+    x_end = min(fpr_limit, fpr_after)
+    y_end = y0 + (y1 - y0) * (x_end - fpr_before) / (fpr_after - fpr_before)
+    area += (x_end - fpr_before) * (y0 + y_end) / 2.0
     return float(area / fpr_limit)

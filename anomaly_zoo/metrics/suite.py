@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from anomaly_zoo.metrics.curves import ap_and_f1max, auroc, pro_auc
+from anomaly_zoo.metrics.curves import RankedScores, ap_and_f1max, auroc, pro_auc
 
 METRIC_NAMES: tuple[str, ...] = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "PRO")
 
@@ -41,20 +41,29 @@ def _check_inputs(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, mask
     if maps.shape[0] != scores.shape[0]:
         raise ValueError(f"got {scores.shape[0]} image scores but {maps.shape[0]} anomaly maps")
     for name, arr in (("scores", scores), ("maps", maps)):
-        bad = ~np.isfinite(arr)
-        if bad.any():
+        # A float64 sum is finite iff every value is (float32 maps cannot overflow it): no n-sized temporary.
+        if not np.isfinite(np.sum(arr, dtype=np.float64)):
+            bad = int((~np.isfinite(arr)).sum())
             raise ValueError(
-                f"{name} contain {int(bad.sum())} NaN/inf values; the method produced invalid output "
+                f"{name} contain {bad} NaN/inf values; the method produced invalid output "
                 "(check for divisions by zero or fp16 overflow)"
             )
     for name, arr in (("labels", labels), ("masks", masks)):
-        if arr.size and not np.isin(np.unique(arr), (0, 1)).all():
+        if arr.size and not _is_binary(arr):
             raise ValueError(f"{name} must contain only 0 and 1; found values {np.unique(arr)[:10].tolist()}")
     if labels.size and not np.array_equal(labels.astype(bool), masks.reshape(len(masks), -1).any(axis=1)):
         # Not fatal (e.g. logical defects without pixel annotations), but worth a warning.
         warnings.warn(
             "image labels do not match the masks (defect images with empty masks or the reverse)", stacklevel=3
         )
+
+
+def _is_binary(arr: np.ndarray) -> bool:
+    if arr.dtype == bool:
+        return True
+    if np.issubdtype(arr.dtype, np.integer):
+        return bool(arr.min() >= 0 and arr.max() <= 1)  # two passes, no temporary
+    return bool(np.all((arr == 0) | (arr == 1)))
 
 
 def _region_weights(masks: np.ndarray) -> np.ndarray:
@@ -92,21 +101,20 @@ def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any) -> dict[str
     maps_f = maps_np.astype(np.float32, copy=False)
 
     results: dict[str, float] = {}
-    pos_i = np.sort(scores_np[labels_b])
-    neg_i = np.sort(scores_np[~labels_b])
-    results["I-AUROC"] = auroc(pos_i, neg_i)
-    results["I-AP"], results["I-F1max"] = ap_and_f1max(pos_i, neg_i)
+    image = RankedScores.from_sorted(np.sort(scores_np[labels_b]), np.sort(scores_np[~labels_b]))
+    results["I-AUROC"] = auroc(image)
+    results["I-AP"], results["I-F1max"] = ap_and_f1max(image)
 
-    pos_p = maps_f[masks_b]  # boolean indexing copies: C order, matches _region_weights
-    weights = _region_weights(masks_b)
-    order = np.argsort(pos_p, kind="stable")  # defect pixels are few: an index is cheap here
-    pos_p, weights = pos_p[order], weights[order]
+    pos = maps_f[masks_b]  # boolean indexing copies, in C order: the order _region_weights uses
+    order = np.argsort(pos, kind="stable")  # defect pixels are few: an index is cheap here
+    pos, weights = pos[order], _region_weights(masks_b)[order]
     del order
-    neg_p = maps_f[~masks_b]
-    neg_p.sort()
-    results["P-AUROC"] = auroc(pos_p, neg_p)
-    results["P-AP"], results["P-F1max"] = ap_and_f1max(pos_p, neg_p)
-    results["PRO"] = pro_auc(pos_p, weights, neg_p)
+    neg = maps_f[~masks_b]
+    neg.sort()  # in place: the one large sort
+    pixel = RankedScores.from_sorted(pos, neg)
+    results["P-AUROC"] = auroc(pixel)
+    results["P-AP"], results["P-F1max"] = ap_and_f1max(pixel)
+    results["PRO"] = pro_auc(pixel, weights)
 
     undefined = [k for k, v in results.items() if math.isnan(v)]
     if undefined:

@@ -139,3 +139,17 @@ def test_per_category_and_unweighted_mean():
     assert per_cat["a"] == compute_metrics(*parts[0]) and per_cat["b"] == compute_metrics(*parts[1])
     for k in METRIC_NAMES:
         assert mean[k] == pytest.approx((per_cat["a"][k] + per_cat["b"][k]) / 2)
+
+
+@pytest.mark.parametrize("limit", [0.05, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("seed,levels", [(20, None), (21, 4), (22, 11)])
+def test_pro_at_other_fpr_limits_matches_brute_force(seed, limit, levels):
+    from anomaly_zoo.metrics.curves import RankedScores, pro_auc
+    from anomaly_zoo.metrics.suite import _region_weights
+
+    _, _, maps, masks = random_case(seed, n=5, size=10, levels=levels)  # 10x10: FPR steps hit 0.3 exactly
+    b = masks.astype(bool)
+    pos, w = maps[b], _region_weights(b)
+    order = np.argsort(pos, kind="stable")
+    ranked = RankedScores.from_sorted(pos[order], np.sort(maps[~b]))
+    assert pro_auc(ranked, w[order], limit) == pytest.approx(slow_pro(maps, masks, limit), abs=1e-12)

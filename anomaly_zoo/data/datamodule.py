@@ -1,0 +1,169 @@
+"""The one LightningDataModule every method trains and evaluates on."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from anomaly_zoo.backbones.feature_extractor import NORMALIZATIONS
+from anomaly_zoo.data import synthetic
+from anomaly_zoo.data.image_dataset import AnomalyImageDataset
+from anomaly_zoo.data.registry import DatasetInfo, get_dataset_info
+from anomaly_zoo.data.samples import Sample, index_category, index_folder
+
+log = logging.getLogger(__name__)
+PROTOCOLS = ("unified", "per_category")
+
+
+class AnomalyDataModule(LightningDataModule):
+    """Train (normal only), optional validation (held-out normals) and test splits of one dataset.
+
+    protocol=unified: the union of `categories` (default: all), one model for all; per_category: just `category`.
+    Images come in [0, 1] unless `normalization` says otherwise; masks are resized (nearest) to the image size.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        protocol: str = "unified",
+        category: str | None = None,
+        categories: Sequence[str] | None = None,
+        image_size: int | Sequence[int] = 256,
+        normalization: str = "none",
+        train_batch_size: int = 16,
+        eval_batch_size: int = 16,
+        num_workers: int = 2,
+        val_ratio: float = 0.0,
+        seed: int = 0,
+        download: bool = False,
+        require_masks: bool = True,
+        # folder layout only
+        normal_dir: str | None = None,
+        abnormal_dir: str | Sequence[str] | None = None,
+        normal_test_dir: str | None = None,
+        mask_dir: str | Sequence[str] | None = None,
+        extensions: Sequence[str] | None = None,
+        normal_test_ratio: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"dataset.protocol={protocol!r} is not one of {PROTOCOLS}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"dataset.normalization={normalization!r} is not one of {sorted(NORMALIZATIONS)}")
+        if not 0.0 <= val_ratio < 1.0:
+            raise ValueError(f"dataset.val_ratio={val_ratio} must be in [0, 1)")
+        self.info: DatasetInfo = get_dataset_info(name)
+        self.name, self.root, self.protocol = name, Path(root).expanduser(), protocol
+        self.image_size, self.normalization = image_size, normalization
+        self.train_batch_size, self.eval_batch_size, self.num_workers = train_batch_size, eval_batch_size, num_workers
+        self.val_ratio, self.seed, self.download, self.require_masks = val_ratio, seed, download, require_masks
+        self.folder = {
+            "normal_dir": normal_dir,
+            "abnormal_dir": abnormal_dir,
+            "normal_test_dir": normal_test_dir,
+            "mask_dir": mask_dir,
+            "extensions": extensions,
+        }
+        self.normal_test_ratio = normal_test_ratio
+        self.categories = self._resolve_categories(category, categories)
+        self.train_dataset: AnomalyImageDataset | None = None
+        self.val_dataset: AnomalyImageDataset | None = None
+        self.test_dataset: AnomalyImageDataset | None = None
+
+    def _resolve_categories(self, category: str | None, categories: Sequence[str] | None) -> list[str]:
+        known = self.info.categories
+        if self.name == "folder":
+            return [category or "folder"]
+        if self.protocol == "per_category":
+            if not category:
+                raise ValueError(f"dataset.protocol=per_category needs dataset.category=<one of: {', '.join(known)}>")
+            chosen = [category]
+        else:
+            chosen = list(categories) if categories else list(known)
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            raise ValueError(f"unknown category {unknown} for dataset={self.name}; valid: {', '.join(known)}")
+        return chosen
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Runs on one process per node: generate the synthetic set or download where asked to."""
+        if self.name == "synthetic":
+            synthetic.ensure_synthetic_dataset(self.root, seed=0)
+            return
+        if not self.download or self.info.datamodule_class is None:
+            return
+        datamodule_class = getattr(importlib.import_module("anomalib.data"), self.info.datamodule_class)
+        for category in self.categories:
+            log.info("downloading/preparing %s/%s into %s via anomalib", self.name, category, self.root)
+            datamodule_class(root=self.root, category=category).prepare_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_dataset is not None:
+            return
+        train, val, test = [], [], []
+        for category in self.categories:
+            cat_train, cat_test = self._index(category, "train"), self._index(category, "test")
+            if self.name == "folder" and not any(s.label == 0 for s in cat_test):
+                # No normal_test_dir: hold out normals for testing, as anomalib's Folder datamodule does.
+                held = set(self._held_out(len(cat_train), self.normal_test_ratio).tolist())
+                cat_test += [s for i, s in enumerate(cat_train) if i in held]
+                cat_train = [s for i, s in enumerate(cat_train) if i not in held]
+            if not cat_train:
+                raise ValueError(f"no training images for category {category!r} under {self.root}")
+            cut = self._held_out(len(cat_train), self.val_ratio)
+            val += [cat_train[i] for i in cut]
+            keep = np.setdiff1d(np.arange(len(cat_train)), cut)
+            train += [cat_train[i] for i in keep]
+            test += sorted(cat_test, key=lambda s: s.image_path)
+        make = lambda s: AnomalyImageDataset(s, self.image_size, self.normalization, self.require_masks)  # noqa: E731
+        self.train_dataset, self.val_dataset, self.test_dataset = make(train), make(val), make(test)
+        log.info(
+            "dataset=%s protocol=%s categories=%s: %d train, %d val, %d test images",
+            self.name,
+            self.protocol,
+            self.categories,
+            len(train),
+            len(val),
+            len(test),
+        )
+
+    def _index(self, category: str, split: str) -> list[Sample]:
+        if self.name == "folder":
+            return index_folder(self.root, category, split, **self.folder)
+        return index_category(self.info, self.root, category, split)
+
+    def _held_out(self, n: int, ratio: float) -> np.ndarray:
+        """A seeded, sorted random subset of range(n) of size round(ratio * n)."""
+        return np.sort(np.random.default_rng(self.seed).permutation(n)[: round(ratio * n)])
+
+    def _loader(self, dataset: AnomalyImageDataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call datamodule.setup() first")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, self.train_batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_dataset, self.eval_batch_size, shuffle=False) if self.val_dataset else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

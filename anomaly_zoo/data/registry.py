@@ -1,0 +1,103 @@
+"""The datasets `dataset=<name>` can name: layout, categories and download source, in one place.
+
+Sample indexing and downloads are anomalib's (its dataset classes parse each layout, its datamodules'
+`prepare_data` download and convert); this registry only records which class serves which name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    dataset_class: str  # anomalib.data.datasets.<class>
+    datamodule_class: str | None  # anomalib.data.<class>; its prepare_data() downloads
+    categories: tuple[str, ...]
+    layout: str
+    source: str
+    licence: str
+    texture_categories: tuple[str, ...] = field(default_factory=tuple)
+    subdir: str = ""  # where anomalib's dataset class looks, relative to `root` (VisA: its converted split)
+
+
+def _anomalib_categories(module: str) -> tuple[str, ...]:
+    import importlib
+
+    return tuple(importlib.import_module(f"anomalib.data.datasets.image.{module}").CATEGORIES)
+
+
+_MVTEC_LAYOUT = (
+    "{root}/{category}/train/good/*.png, {root}/{category}/test/<defect>/*.png, "
+    "{root}/{category}/ground_truth/<defect>/*_mask.png"
+)
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """Registry lookup; an unknown name lists the known ones."""
+    from anomaly_zoo.data import synthetic
+
+    builders = {
+        "mvtec": lambda: DatasetInfo(
+            "mvtec",
+            "MVTecADDataset",
+            "MVTecAD",
+            _anomalib_categories("mvtecad"),
+            _MVTEC_LAYOUT,
+            "https://www.mvtec.com/company/research/datasets/mvtec-ad (dataset.download=true fetches it via anomalib)",
+            "CC BY-NC-SA 4.0",
+            ("carpet", "grid", "leather", "tile", "wood"),
+        ),
+        "visa": lambda: DatasetInfo(
+            "visa",
+            "VisaDataset",
+            "Visa",
+            _anomalib_categories("visa"),
+            "anomalib's converted VisA tree: {root}/visa_pytorch/{category}/train/good, test/<good|bad>, "
+            "ground_truth/bad",
+            "https://github.com/amazon-science/spot-diff (dataset.download=true fetches and converts it via anomalib)",
+            "CC BY 4.0",
+            subdir="visa_pytorch",
+        ),
+        "btad": lambda: DatasetInfo(
+            "btad",
+            "BTechDataset",
+            "BTech",
+            _anomalib_categories("btech"),
+            "{root}/{01|02|03}/train/ok, test/<ok|ko>, ground_truth/ko (anomalib's BTech layout)",
+            "https://avires.dimi.uniud.it/papers/btad/btad.zip (dataset.download=true fetches it via anomalib)",
+            "CC BY-SA 4.0",
+        ),
+        "mpdd": lambda: DatasetInfo(
+            "mpdd",
+            "MPDDDataset",
+            None,
+            _anomalib_categories("mpdd"),
+            _MVTEC_LAYOUT,
+            "https://github.com/stepanje/MPDD (manual download: no direct link anomalib can fetch)",
+            "CC BY-NC-SA 4.0",
+        ),
+        "folder": lambda: DatasetInfo(
+            "folder",
+            "FolderDataset",
+            None,
+            (),
+            "anomalib Folder layout: normal_dir, abnormal_dir, optional mask_dir",
+            "your own images",
+            "yours",
+        ),
+        "synthetic": lambda: DatasetInfo(
+            "synthetic",
+            "MVTecADDataset",
+            None,
+            synthetic.CATEGORIES,
+            _MVTEC_LAYOUT,
+            "generated offline by anomaly_zoo.data.synthetic from images bundled with scikit-image",
+            "scikit-image data (BSD-3-Clause / public domain sources)",
+            synthetic.TEXTURE_CATEGORIES,
+        ),
+    }
+    if name not in builders:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(builders)}")
+    return builders[name]()

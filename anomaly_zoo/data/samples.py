@@ -1,0 +1,131 @@
+"""Index a dataset into `Sample`s with anomalib's layout parsers, turning their failures into clear errors."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from anomaly_zoo.data.registry import DatasetInfo
+
+
+class DatasetLayoutError(ValueError):
+    """The files on disk do not form the dataset the config names."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_path: str
+    mask_path: str | None
+    label: int  # 0 normal, 1 defective
+    category: str
+
+
+def _missing_root_message(info: DatasetInfo, root: Path) -> str:
+    return (
+        f"dataset root {root} does not exist (dataset={info.name}). Expected layout: {info.layout}. "
+        f"Source: {info.source}. Set dataset.root=/path/to/{info.name} (or dataset.download=true where supported)."
+    )
+
+
+def check_category(info: DatasetInfo, root: Path, category: str) -> None:
+    if info.categories and category not in info.categories:
+        raise DatasetLayoutError(
+            f"unknown category {category!r} for dataset={info.name}; valid: {', '.join(info.categories)}"
+        )
+    where = root / info.subdir / category
+    if not where.is_dir():
+        raise DatasetLayoutError(
+            f"category folder {where} is missing (dataset={info.name}, root={root}). Expected layout: {info.layout}. "
+            f"Source: {info.source}."
+        )
+
+
+def _anomalib_samples(info: DatasetInfo, root: Path, category: str, split: str):
+    module = importlib.import_module("anomalib.data.datasets")
+    dataset_class = getattr(module, info.dataset_class)
+    try:
+        return dataset_class(root=root / info.subdir, category=category, split=split).samples
+    except Exception as err:
+        raise DatasetLayoutError(
+            f"cannot index {root / info.subdir / category} ({split} split) as dataset={info.name}: "
+            f"{type(err).__name__}: {err}. Expected layout: {info.layout}. "
+            f"{_diagnose_masks(root / info.subdir / category)}"
+        ) from err
+
+
+def _diagnose_masks(category_dir: Path) -> str:
+    """Name the defective test images that have no mask: the most common cause of a failed MVTec-layout index."""
+    test, gt = category_dir / "test", category_dir / "ground_truth"
+    if not test.is_dir():
+        return ""
+    missing = []
+    for defect_dir in sorted(p for p in test.iterdir() if p.is_dir() and p.name not in ("good", "ok")):
+        for image in sorted(defect_dir.iterdir()):
+            candidates = [gt / defect_dir.name / f"{image.stem}_mask.png", gt / defect_dir.name / f"{image.stem}.png"]
+            if not any(c.exists() for c in candidates):
+                missing.append(str(image))
+    if not missing:
+        return ""
+    return (
+        f"{len(missing)} defective test image(s) have no mask, e.g. {missing[0]} "
+        f"(expected {gt}/<defect>/<name>_mask.png); add the masks or remove those images."
+    )
+
+
+def index_category(info: DatasetInfo, root: Path, category: str, split: str) -> list[Sample]:
+    """Samples of one category and split ("train" or "test"), sorted by path."""
+    if not root.is_dir():
+        raise DatasetLayoutError(_missing_root_message(info, root))
+    check_category(info, root, category)
+    frame = _anomalib_samples(info, root, category, split)
+    samples = []
+    for row in frame.itertuples():
+        mask = getattr(row, "mask_path", None)
+        mask = mask if isinstance(mask, str) and mask else None
+        samples.append(Sample(str(row.image_path), mask, int(row.label_index), category))
+    return sorted(samples, key=lambda s: s.image_path)
+
+
+def index_folder(
+    root: Path,
+    category: str,
+    split: str,
+    normal_dir: str,
+    abnormal_dir: str | Sequence[str] | None,
+    normal_test_dir: str | None,
+    mask_dir: str | Sequence[str] | None,
+    extensions: Sequence[str] | None,
+) -> list[Sample]:
+    """Your own images in anomalib's Folder layout (normal dir, abnormal dirs, optional mask dirs)."""
+    from anomalib.data.datasets import FolderDataset
+
+    if not root.is_dir():
+        raise DatasetLayoutError(
+            f"dataset root {root} does not exist (dataset=folder). Set dataset.root to the folder holding "
+            f"dataset.normal_dir={normal_dir!r} (and abnormal/mask dirs)."
+        )
+    for key, value in (("normal_dir", normal_dir), ("abnormal_dir", abnormal_dir), ("mask_dir", mask_dir)):
+        for sub in [value] if isinstance(value, str) else (value or []):
+            if not (root / sub).is_dir():
+                raise DatasetLayoutError(f"dataset.{key}: folder {root / sub} does not exist")
+    try:
+        frame = FolderDataset(
+            name=category,
+            root=root,
+            normal_dir=normal_dir,
+            abnormal_dir=abnormal_dir,
+            normal_test_dir=normal_test_dir,
+            mask_dir=mask_dir,
+            split=split,
+            extensions=tuple(extensions) if extensions else None,
+        ).samples
+    except Exception as err:
+        raise DatasetLayoutError(f"cannot index folder dataset at {root}: {type(err).__name__}: {err}") from err
+    samples = []
+    for row in frame.itertuples():
+        mask = getattr(row, "mask_path", None)
+        mask = mask if isinstance(mask, str) and mask else None
+        samples.append(Sample(str(row.image_path), mask, int(row.label_index), category))
+    return sorted(samples, key=lambda s: s.image_path)

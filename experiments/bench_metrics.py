@@ -1,0 +1,124 @@
+"""Benchmark: the metric suite vs anomalib's AUROC, AUPR, F1Max and AUPRO on MVTec-sized input.
+
+    .venv/bin/python experiments/bench_metrics.py [--images 1725] [--size 256] [--sklearn]
+
+Generates 1,725 anomaly maps of 256x256 (MVTec AD's test-set size, 1,258 defective) with blob-shaped defects,
+times `compute_metrics` and anomalib's four metrics (image AUROC/AUPR/F1Max, pixel AUROC/AUPR/F1Max, AUPRO) in one
+process, and prints both times, the ratio, the largest absolute difference between the values and the suite's
+peak extra memory relative to the size of the maps. `--sklearn` also checks the pixel values against scikit-learn
+(slow). Results of a run are recorded in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import platform
+import time
+import tracemalloc
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomaly_zoo.metrics import METRIC_NAMES, compute_metrics
+
+
+def make_input(n: int, size: int, n_defective: int, seed: int = 0):
+    """Smooth noisy maps; defective images get 1-3 elliptic blobs in the mask and a partial, shifted response."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    maps = F.interpolate(torch.rand(n, 1, size // 8, size // 8, generator=gen), size=size, mode="bilinear")[:, 0]
+    maps += 0.05 * torch.rand(n, size, size, generator=gen)
+    masks = torch.zeros(n, size, size, dtype=torch.uint8)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for i in range(n - n_defective, n):
+        for _ in range(int(rng.integers(1, 4))):
+            cy, cx = rng.uniform(0.1, 0.9, size=2) * size
+            ry, rx = rng.uniform(0.01, 0.12, size=2) * size
+            blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+            masks[i] |= blob.to(torch.uint8)
+            shift = rng.normal(0, 0.3, size=2) * (ry, rx)
+            response = ((yy - cy - shift[0]) / (1.3 * ry)) ** 2 + ((xx - cx - shift[1]) / (1.3 * rx)) ** 2
+            maps[i] += float(rng.uniform(0.2, 1.0)) * torch.exp(-response)
+    scores = F.avg_pool2d(maps[:, None], 8, 8)[:, 0].flatten(1).amax(1)
+    labels = masks.flatten(1).amax(1).long()
+    return scores, labels, maps, masks
+
+
+def anomalib_metrics(scores, labels, maps, masks) -> dict[str, float]:
+    from anomalib.metrics.aupr import _AUPR
+    from anomalib.metrics.aupro import _AUPRO
+    from anomalib.metrics.auroc import _AUROC
+    from anomalib.metrics.f1_score import _F1Max
+
+    out = {}
+    for prefix, preds, target in (("I", scores, labels), ("P", maps, masks)):
+        for name, metric in (("AUROC", _AUROC()), ("AP", _AUPR()), ("F1max", _F1Max())):
+            metric.update(preds.flatten(), target.flatten().long())
+            out[f"{prefix}-{name}"] = float(metric.compute())
+    pro = _AUPRO(fpr_limit=0.3)
+    pro.update(maps, masks)
+    out["PRO"] = float(pro.compute())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1725)
+    parser.add_argument("--defective", type=int, default=1258)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--sklearn", action="store_true", help="also check pixel metrics against scikit-learn")
+    parser.add_argument("--skip-anomalib", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"date {datetime.date.today()}"
+    )
+    scores, labels, maps, masks = make_input(args.images, args.size, args.defective)
+    maps_np, masks_np, scores_np, labels_np = maps.numpy(), masks.numpy(), scores.numpy(), labels.numpy()
+    map_bytes = maps_np.nbytes
+    print(
+        f"input: {args.images} maps of {args.size}x{args.size} ({map_bytes / 2**20:.0f} MiB float32), "
+        f"{int(labels_np.sum())} defective, {masks_np.mean() * 100:.2f} % defect pixels"
+    )
+
+    gc.collect()
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    ours = compute_metrics(scores_np, labels_np, maps_np, masks_np)
+    t_ours = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(
+        f"anomaly_zoo suite: {t_ours:.2f} s, peak extra memory {peak / 2**20:.0f} MiB "
+        f"= {peak / map_bytes:.2f}x the maps"
+    )
+
+    rows = {"anomaly_zoo": ours}
+    if not args.skip_anomalib:
+        t0 = time.perf_counter()
+        rows["anomalib"] = anomalib_metrics(scores, labels, maps, masks)
+        t_ref = time.perf_counter() - t0
+        diff = max(abs(ours[k] - rows["anomalib"][k]) for k in METRIC_NAMES)
+        print(f"anomalib AUROC+AUPR+F1Max+AUPRO: {t_ref:.2f} s")
+        print(f"speed-up: {t_ref / t_ours:.1f}x; max |difference| of the 7 values: {diff:.2e}")
+    if args.sklearn:
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
+        y, s = masks_np.ravel(), maps_np.ravel()
+        rows["sklearn"] = {
+            "P-AUROC": roc_auc_score(y, s),
+            "P-AP": average_precision_score(y, s),
+            "I-AUROC": roc_auc_score(labels_np, scores_np),
+            "I-AP": average_precision_score(labels_np, scores_np),
+        }
+    print("\n| source | " + " | ".join(METRIC_NAMES) + " |\n|---|" + "---:|" * len(METRIC_NAMES))
+    for source, values in rows.items():
+        print(f"| {source} | " + " | ".join(f"{values[k]:.5f}" if k in values else "-" for k in METRIC_NAMES) + " |")
+
+
+if __name__ == "__main__":
+    main()
