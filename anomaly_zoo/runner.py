@@ -33,20 +33,40 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
-def load_checkpoint_weights(method: AnomalyMethod, ckpt_path: str | Path) -> None:
-    """Load a checkpoint's weights without unpickling arbitrary objects (weights_only=True)."""
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt, truncated or not a Lightning checkpoint."""
+
+
+def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint without unpickling arbitrary objects (weights_only=True)."""
     path = Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    method.load_state_dict(state.get("state_dict", state))
+        raise CheckpointError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {first_line} "
+            "(corrupt or truncated file, or not a checkpoint written by anomaly_zoo/Lightning)"
+        ) from err
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"checkpoint {path} has no 'state_dict': not a Lightning checkpoint")
+    return state
+
+
+def load_checkpoint_weights(method: AnomalyMethod, ckpt_path: str | Path) -> None:
+    """Load a checkpoint's weights (and the method's own extra state) for evaluation."""
+    state = read_checkpoint(ckpt_path)
+    method.on_load_checkpoint(state)
+    method.load_state_dict(state["state_dict"])
 
 
 def instantiate_method(cfg: DictConfig) -> AnomalyMethod:
     """The method from `cfg.method`; its `name` key labels results and is not a constructor argument."""
     kwargs = OmegaConf.to_container(cfg.method, resolve=True)
     kwargs.pop("name", None)
-    method = hydra.utils.instantiate(kwargs)
+    method = hydra.utils.instantiate(kwargs, _convert_="all")  # plain lists: checkpoints stay weights_only-safe
     if not isinstance(method, AnomalyMethod):
         raise TypeError(f"method._target_={kwargs['_target_']} is not an anomaly_zoo AnomalyMethod subclass")
     return method
@@ -54,6 +74,17 @@ def instantiate_method(cfg: DictConfig) -> AnomalyMethod:
 
 def method_name(cfg: DictConfig) -> str:
     return cfg.method.get("name") or cfg.method._target_.rsplit(".", 1)[-1]
+
+
+def checkpoint_callbacks(folder: Path, datamodule) -> list[ModelCheckpoint]:
+    """Always `last.ckpt`; with a validation split (dataset.val_ratio > 0) also `best.ckpt` by val/loss.
+
+    Never selected on the test split.
+    """
+    callbacks = [ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0)]
+    if getattr(datamodule, "val_ratio", 0) > 0:
+        callbacks.append(ModelCheckpoint(dirpath=folder, filename="best", monitor="val/loss", mode="min", save_top_k=1))
+    return callbacks
 
 
 def build_trainer(cfg: DictConfig, method: AnomalyMethod, out: Path, callbacks: list) -> pl.Trainer:
@@ -74,13 +105,16 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     collector = EvaluationCollector()
     callbacks: list = [collector]
     if fit and method.requires_training:
-        callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0))
+        callbacks += checkpoint_callbacks(out / "checkpoints", datamodule)
     trainer = build_trainer(cfg, method, out, callbacks)
 
-    if cfg.get("ckpt_path"):
-        load_checkpoint_weights(method, cfg.ckpt_path)
     if fit and method.requires_training:
-        trainer.fit(method, datamodule=datamodule)
+        resume = cfg.get("ckpt_path")
+        if resume:  # resume: weights, optimizer, scheduler, epoch and the method's RNG state
+            read_checkpoint(resume)  # a clear error for a bad file before Lightning touches it
+        trainer.fit(method, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    elif cfg.get("ckpt_path"):
+        load_checkpoint_weights(method, cfg.ckpt_path)
     elif method.requires_training and not cfg.get("ckpt_path"):
         raise ValueError(
             f"method {method_name(cfg)} must be trained: run anomaly_zoo.train, "
@@ -101,7 +135,11 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
         collector.per_category,
         collector.mean,
         runtime,
-        extra={"protocol": cfg.dataset.protocol, "eval_size": list(datamodule.test_dataset.size)},
+        extra={
+            "protocol": cfg.dataset.protocol,
+            "eval_size": list(datamodule.test_dataset.size),
+            **method.result_metadata(),
+        },
     )
     print(f"\n{name} on {cfg.dataset.name} ({cfg.dataset.protocol}), {runtime:.1f} s\n")
     print(metrics_table(collector.per_category, collector.mean))

@@ -79,6 +79,14 @@ class FeatureExtractor(nn.Module):
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"backbone.normalization={normalization!r} is not one of {sorted(NORMALIZATIONS)}")
         self.name = name
+        self._init_kwargs = {
+            "name": name,
+            "timm_name": timm_name,
+            "out_indices": list(out_indices),
+            "weights": weights,
+            "weights_path": weights_path,
+            "normalization": normalization,
+        }
         self.model = _create_timm_model(
             timm_name, weights, weights_path, features_only=True, out_indices=tuple(out_indices)
         )
@@ -86,6 +94,16 @@ class FeatureExtractor(nn.Module):
         mean, std = NORMALIZATIONS[normalization]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def out_indices(self) -> list[int]:
+        return list(self._init_kwargs["out_indices"])
+
+    def with_stages(self, out_indices: Sequence[int]) -> FeatureExtractor:
+        """The same backbone returning other stages (a method that needs its own stages asks for them here)."""
+        if list(out_indices) == self.out_indices:
+            return self
+        return FeatureExtractor(**{**self._init_kwargs, "out_indices": list(out_indices)})
 
     @property
     def channels(self) -> list[int]:

@@ -30,6 +30,10 @@ class AnomalyMethod(LightningModule):
     #: What `image` in a batch must look like: methods normalise for their own networks.
     expected_normalization: ClassVar[str] = "none"
 
+    def result_metadata(self) -> dict[str, Any]:
+        """Settings worth a top-level entry in results.json (e.g. how prompts were chosen)."""
+        return {}
+
     @abstractmethod
     def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
         """Anomaly maps and image scores for a batch of [0, 1] images."""

@@ -1,0 +1,388 @@
+"""OneNIP / UniAD training and inference glue (losses, prompts, optimisation, checkpoints' extra state)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomaly_zoo.backbones import FeatureExtractor
+from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
+from anomaly_zoo.methods.onenip.synthesis import PseudoAnomalyGenerator
+from anomaly_zoo.methods.onenip.torch_model import (
+    ReconstructionTransformer,
+    Refiner,
+    StrideSixteenNeck,
+    add_feature_jitter,
+    dice_loss,
+)
+
+PROMPT_SELECTIONS = ("cosine", "oracle")
+SCORE_SCALINGS = ("calibrated", "transductive", "none")
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class OneNIP(AnomalyMethod):
+    """`method=onenip` (and `method=uniad`: decoder=query, no restoration, no refiner).
+
+    Training: each normal query image is paired with a random normal image of its class (the prompt); a
+    pseudo-anomalous copy of the query is restored towards the clean features (restoration stream); the refiner
+    learns to segment |F - F̂| against [zeros; pseudo masks]. Loss = MSE_rec + MSE_res + dice_weight * Dice.
+    Inference: S = (1 - alpha) S_rec + alpha * c * M̂, image score = max of an average-pooled S.
+    """
+
+    def __init__(
+        self,
+        backbone: FeatureExtractor,
+        image_size: int,
+        feature_stages: Sequence[int] | None = (0, 1, 2, 3),
+        decoder: str = "dynamic",
+        decoder_residual: str = "fixed",
+        hidden: int = 256,
+        heads: int = 8,
+        ffn: int = 1024,
+        encoder_layers: int = 4,
+        decoder_layers: int = 4,
+        dropout: float = 0.1,
+        neighbour_window: Sequence[int] | None = None,
+        jitter_scale: float = 20.0,
+        jitter_probability: float = 1.0,
+        restoration: bool = True,
+        refiner: bool = True,
+        refiner_hidden: int = 128,
+        dice_weight: float = 0.5,
+        dtd_dir: str | None = None,
+        alpha: float = 0.5,
+        score_scaling: str = "calibrated",
+        image_score_pool: int = 16,
+        prompt_selection: str = "cosine",
+        prompt_pool_size: int = 1,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        lr_step_fraction: float = 0.8,
+        lr_gamma: float = 0.1,
+        max_epochs: int = 1000,
+        grad_clip: float = 0.1,
+        cache_features: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if image_size % 16:
+            raise ValueError(f"OneNIP needs dataset.image_size divisible by 16, got {image_size}")
+        if prompt_selection not in PROMPT_SELECTIONS:
+            raise ValueError(f"method.prompt_selection={prompt_selection!r} is not one of {PROMPT_SELECTIONS}")
+        if score_scaling not in SCORE_SCALINGS:
+            raise ValueError(f"method.score_scaling={score_scaling!r} is not one of {SCORE_SCALINGS}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"method.alpha={alpha} must be in [0, 1]")
+        self.save_hyperparameters(ignore=["backbone"])
+        if feature_stages is not None:
+            backbone = backbone.with_stages(feature_stages)
+        self.neck = StrideSixteenNeck(backbone)
+        grid = (image_size // 16, image_size // 16)
+        self.transformer = ReconstructionTransformer(
+            self.neck.channels, grid, decoder, hidden, heads, ffn, encoder_layers, decoder_layers, dropout,
+            neighbour_window, decoder_residual,
+        )  # fmt: skip
+        self.refiner = Refiner(self.neck.channels, refiner_hidden) if refiner else None
+        self.synthesis = PseudoAnomalyGenerator(dtd_dir) if (restoration or refiner) else None
+        self.trainer_arguments = {"max_epochs": max_epochs, "gradient_clip_val": grad_clip}
+        # Fitted state, saved in checkpoints: the prompt pool and the reconstruction-error scale.
+        self.register_buffer("pool_features", torch.empty(0, self.neck.channels, *grid))
+        self.register_buffer("pool_category", torch.empty(0, dtype=torch.long))
+        self.register_buffer("rec_scale", torch.tensor(1.0))
+        self.pool_categories: list[str] = []
+        self._rng = torch.Generator().manual_seed(seed)  # prompts and pseudo-anomalies; checkpointed
+        self._train_prompts: dict[str, list[int]] = {}
+        self._feature_cache: dict[int, torch.Tensor] = {}
+        self._test_scale: float | None = None
+
+    # ------------------------------------------------------------------ features and forward
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.neck(images)
+
+    def _dataset_features(self, dataset, indices: Sequence[int]) -> torch.Tensor:
+        """Features of dataset images by index (cached when method.cache_features: the backbone is frozen)."""
+        missing = [i for i in dict.fromkeys(indices) if i not in self._feature_cache]
+        if missing:
+            images = torch.stack([dataset[i]["image"] for i in missing]).to(self.device)
+            feats = self.features(images)
+            if not self.hparams.cache_features:
+                lookup = dict(zip(missing, feats, strict=True))
+                return torch.stack([lookup[i] for i in indices])
+            self._feature_cache.update(zip(missing, feats, strict=True))
+        return torch.stack([self._feature_cache[i] for i in indices])
+
+    def reconstruct(self, feats: torch.Tensor, prompt_feats: torch.Tensor | None, jitter: bool) -> torch.Tensor:
+        """Features (N,C,h,w) [+ prompts (N/r,C,h,w), shared by r consecutive blocks of N/r] → reconstruction.
+
+        Each prompt is encoded once and reused by the streams it guides (clean and pseudo-anomalous copy), as in
+        the official code: this saves a third of the encoder's work in training.
+        """
+        t = self.transformer
+        tokens = t.tokens(feats)
+        jittered = lambda x: add_feature_jitter(x, self.hparams.jitter_scale, self.hparams.jitter_probability)  # noqa: E731
+        if jitter:
+            tokens = jittered(tokens)
+        n = tokens.shape[0]
+        if not t.uses_prompt:
+            return t.untokens(t.decode(t.encode(tokens), None))
+        prompt_tokens = t.tokens(prompt_feats)
+        if jitter:
+            prompt_tokens = jittered(prompt_tokens)
+        encoded = t.encode(torch.cat([tokens, prompt_tokens]))  # one pass: the encoder's weights are shared
+        repeats = n // prompt_tokens.shape[0]
+        prompt = encoded[n:].repeat(repeats, 1, 1)
+        return t.untokens(t.decode(encoded[:n], prompt))
+
+    def score_maps(self, feats: torch.Tensor, rec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Fused anomaly maps (N, H, W) at image resolution."""
+        rec_map = (rec - feats).norm(dim=1, keepdim=True)
+        rec_map = F.interpolate(rec_map, size=size, mode="bilinear", align_corners=True)[:, 0]
+        if self.refiner is None:
+            return rec_map
+        ref = torch.sigmoid(self.refiner((rec - feats).abs(), size))
+        scale = self._test_scale if self._test_scale is not None else float(self.rec_scale)
+        alpha = self.hparams.alpha
+        return (1 - alpha) * rec_map + alpha * scale * ref
+
+    # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        dataset = self.trainer.datamodule.train_dataset
+        self._train_prompts = _deduplicated_by_category(dataset.samples)
+        # The pool only needs the frozen backbone: build it now so every checkpoint carries it.
+        self._build_prompt_pool(dataset)
+
+    def _losses(
+        self, images: torch.Tensor, feats: torch.Tensor, prompt_feats: torch.Tensor | None, rng: torch.Generator,
+        jitter: bool,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Reconstruction of the clean stream, restoration of the pseudo-anomalous one, refiner Dice."""
+        streams, masks = [feats], [torch.zeros_like(images[:, 0])]
+        if self.synthesis is not None:
+            synthetic, synth_masks = self.synthesis(images, rng)
+            streams.append(self.features(synthetic))
+            masks.append(synth_masks)
+        inputs = torch.cat(streams)
+        rec = self.reconstruct(inputs, prompt_feats, jitter=jitter)
+        n = images.shape[0]
+        losses = {"rec": F.mse_loss(rec[:n], feats)}
+        if self.hparams.restoration and len(streams) > 1:
+            losses["res"] = F.mse_loss(rec[n:], feats)  # target: the clean features
+        if self.refiner is not None:
+            logits = self.refiner((rec - inputs).abs(), tuple(images.shape[-2:]))
+            losses["dice"] = self.hparams.dice_weight * dice_loss(logits, torch.cat(masks))
+        return losses
+
+    def _training_prompts(self, categories: Sequence[str]) -> torch.Tensor | None:
+        if not self.transformer.uses_prompt:
+            return None
+        picks = []
+        for category in categories:
+            pool = self._train_prompts[category]
+            picks.append(pool[int(torch.randint(len(pool), (1,), generator=self._rng))])
+        return self._dataset_features(self.trainer.datamodule.train_dataset, picks)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.hparams.cache_features:
+            feats = self._dataset_features(self.trainer.datamodule.train_dataset, batch["index"].tolist())
+        else:
+            feats = self.features(batch["image"])
+        prompts = self._training_prompts(batch["category"])
+        losses = self._losses(batch["image"], feats, prompts, self._rng, jitter=True)
+        loss = sum(losses.values())
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=batch["image"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # Held-out normal images with pseudo-anomalies from a fixed generator: comparable across epochs.
+        rng = torch.Generator().manual_seed(self.hparams.seed * 100_003 + batch_idx)
+        prompts = None
+        if self.transformer.uses_prompt:
+            pools = [self._train_prompts[c] for c in batch["category"]]
+            picks = [pool[_stable_hash(p) % len(pool)] for pool, p in zip(pools, batch["path"], strict=True)]
+            prompts = self._dataset_features(self.trainer.datamodule.train_dataset, picks)
+        losses = self._losses(batch["image"], self.features(batch["image"]), prompts, rng, jitter=False)
+        self.log("val/loss", sum(losses.values()), prog_bar=True, sync_dist=True, batch_size=len(batch["path"]))
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        step = max(1, int(self.hparams.lr_step_fraction * self.trainer.max_epochs))
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=self.hparams.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_train_epoch_end(self) -> None:
+        # Before ModelCheckpoint saves (it runs after the module's hook): every checkpoint has a current scale.
+        self._calibrate_scale(self.trainer.datamodule.train_dataset)
+
+    def on_train_end(self) -> None:
+        self._feature_cache.clear()
+
+    @torch.no_grad()
+    def _build_prompt_pool(self, dataset) -> None:
+        """`prompt_pool_size` random normal training images per class (the paper: one), seeded."""
+        rng = random.Random(self.hparams.seed)
+        by_category = _deduplicated_by_category(dataset.samples)
+        picks, owners = [], []
+        for k, category in enumerate(by_category):
+            candidates = by_category[category]
+            chosen = rng.sample(candidates, min(self.hparams.prompt_pool_size, len(candidates)))
+            picks += chosen
+            owners += [k] * len(chosen)
+        was_training = self.training
+        self.eval()
+        chunks = [self._dataset_features(dataset, picks[i : i + 16]) for i in range(0, len(picks), 16)]
+        self.pool_features = torch.cat(chunks)
+        self.pool_category = torch.tensor(owners, device=self.device)
+        self.pool_categories = list(by_category)
+        self.train(was_training)
+
+    @torch.no_grad()
+    def _calibrate_scale(self, dataset) -> None:
+        """c = mid-range of S_rec over training images and their pseudo-anomalous copies (eval mode).
+
+        The official code uses the mid-range over the whole test set, which reads test data; this uses only
+        training images (score_scaling=transductive reproduces the official behaviour, flagged as such).
+        """
+        if self.refiner is None or self.hparams.score_scaling != "calibrated":
+            return
+        was_training = self.training
+        self.eval()
+        rng = torch.Generator().manual_seed(self.hparams.seed + 7)
+        order = torch.randperm(len(dataset), generator=rng)[:16].tolist()
+        lo, hi = float("inf"), float("-inf")
+        for start in range(0, len(order), 8):
+            items = [dataset[i] for i in order[start : start + 8]]
+            images = torch.stack([it["image"] for it in items]).to(self.device)
+            categories = [it["category"] for it in items]
+            for batch_images in (images, self.synthesis(images, rng)[0]):
+                feats = self.features(batch_images)
+                prompts = self._pool_prompts(feats, categories, "oracle") if self.transformer.uses_prompt else None
+                rec_map = (self.reconstruct(feats, prompts, jitter=False) - feats).norm(dim=1)
+                lo, hi = min(lo, float(rec_map.min())), max(hi, float(rec_map.max()))
+        stats = self.all_gather(torch.tensor([-lo, hi], device=self.device))
+        stats = stats.reshape(-1, 2).amax(0)
+        self.rec_scale = torch.tensor((float(stats[1]) - float(stats[0])) / 2, device=self.device)
+        self.train(was_training)
+
+    # ------------------------------------------------------------------ inference
+    def _pool_prompts(self, feats: torch.Tensor, categories: Sequence[str], selection: str) -> torch.Tensor:
+        """Prompt features per image: `oracle` restricts to the ground-truth class, `cosine` searches the pool."""
+        if self.pool_features.numel() == 0:
+            raise RuntimeError("OneNIP has no prompt pool: fit it (or load a checkpoint) before testing")
+        pool = F.normalize(self.pool_features.flatten(1), dim=1)
+        sims = F.normalize(feats.flatten(1), dim=1) @ pool.T  # (N, K)
+        if selection == "oracle":
+            allowed = torch.stack([self.pool_category == self._category_id(c) for c in categories])
+            sims = sims.masked_fill(~allowed, float("-inf"))
+        return self.pool_features[sims.argmax(dim=1)]
+
+    def _category_id(self, category: str) -> int:
+        if category not in self.pool_categories:
+            raise ValueError(
+                f"prompt_selection=oracle: category {category!r} has no prompt (trained on {self.pool_categories})"
+            )
+        return self.pool_categories.index(category)
+
+    def on_test_start(self) -> None:
+        self._test_scale = None
+        if self.refiner is not None and self.hparams.score_scaling == "transductive":
+            self._test_scale = self._transductive_scale()
+        elif self.hparams.score_scaling == "none":
+            self._test_scale = 1.0
+
+    @torch.no_grad()
+    def _transductive_scale(self) -> float:
+        """The official code's constant: mid-range of S_rec over the WHOLE TEST SET (reads test data)."""
+        lo, hi = float("inf"), float("-inf")
+        for batch in self.trainer.datamodule.test_dataloader():
+            images = batch["image"].to(self.device)
+            feats = self.features(images)
+            rec = self.reconstruct(feats, self._prompts_for_test(feats, batch["category"]), jitter=False)
+            rec_map = F.interpolate(
+                (rec - feats).norm(dim=1, keepdim=True), size=images.shape[-2:], mode="bilinear", align_corners=True
+            )
+            lo, hi = min(lo, float(rec_map.min())), max(hi, float(rec_map.max()))
+        return (lo + hi) / 2
+
+    def _prompts_for_test(self, feats: torch.Tensor, categories: Sequence[str]) -> torch.Tensor | None:
+        if not self.transformer.uses_prompt:
+            return None
+        return self._pool_prompts(feats, categories, self.hparams.prompt_selection)
+
+    @torch.no_grad()
+    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
+        feats = self.features(images)
+        rec = self.reconstruct(feats, self._prompts_for_test(feats, categories), jitter=False)
+        maps = self.score_maps(feats, rec, tuple(images.shape[-2:]))
+        k = self.hparams.image_score_pool
+        pooled = F.avg_pool2d(maps[:, None], k, stride=1)[:, 0] if k > 1 else maps
+        return {"anomaly_maps": maps, "pred_scores": pooled.flatten(1).amax(dim=1)}
+
+    def result_metadata(self) -> dict[str, Any]:
+        meta = {"decoder": self.hparams.decoder, "score_scaling": self.hparams.score_scaling}
+        if self.transformer.uses_prompt:
+            meta["prompt_selection"] = self.hparams.prompt_selection
+        return meta
+
+    # ------------------------------------------------------------------ checkpoint extras (weights_only-safe)
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["pool_categories"] = list(self.pool_categories)
+        np_state = np.random.get_state()
+        checkpoint["rng_state"] = {
+            "method": self._rng.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": _python_state_to_lists(random.getstate()),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.pool_categories = list(checkpoint.get("pool_categories", []))
+        state = checkpoint.get("state_dict", {})
+        for key in ("pool_features", "pool_category"):
+            if key in state:
+                setattr(self, key, torch.empty_like(state[key], device=getattr(self, key).device))
+        rng = checkpoint.get("rng_state")
+        if rng:
+            self._rng.set_state(rng["method"])
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            kind, keys, *rest = rng["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+            random.setstate(_python_state_from_lists(rng["python"]))
+
+
+def _deduplicated_by_category(samples) -> dict[str, list[int]]:
+    """Indices of training images per category, one per distinct file content (VisA's list repeats images)."""
+    seen: set[tuple[str, str]] = set()
+    out: dict[str, list[int]] = {}
+    for i, sample in enumerate(samples):
+        with open(sample.image_path, "rb") as f:
+            digest = hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+        if (sample.category, digest) in seen:
+            continue
+        seen.add((sample.category, digest))
+        out.setdefault(sample.category, []).append(i)
+    return out
+
+
+def _python_state_to_lists(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_state_from_lists(state: list) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

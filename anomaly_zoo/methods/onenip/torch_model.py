@@ -1,0 +1,266 @@
+"""OneNIP and UniAD networks (pure nn.Modules; training glue in lightning_model.py).
+
+Spec: shared/papers/onenip.txt and shared/spec/reference_implementations.md §2-3. Token tensors are
+(batch, tokens, channels) here (batch_first attention, so PyTorch can use its fused SDPA kernels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomaly_zoo.backbones import FeatureExtractor
+
+DECODER_RESIDUALS = ("fixed", "prefix")
+#: dynamic: OneNIP's two-way decoder; static: UniAD's query decoder with the prompt as its queries (Tab. 4a);
+#: query: UniAD's learned queries, no prompt.
+DECODERS = ("dynamic", "static", "query")
+
+
+class StrideSixteenNeck(nn.Module):
+    """Resize every backbone stage to stride 16 (bilinear, align_corners=True as the official MFCN) and concatenate."""
+
+    def __init__(self, backbone: FeatureExtractor) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.channels = sum(backbone.channels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        size = (images.shape[-2] // 16, images.shape[-1] // 16)
+        feats = self.backbone(images)
+        return torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=True) for f in feats], dim=1)
+
+
+def neighbour_mask(h: int, w: int, window: tuple[int, int], device=None) -> torch.Tensor:
+    """Boolean (hw, hw) attention mask, True = blocked: each token may not attend inside its own h×w window.
+
+    Half-widths are window // 2 (so an even window of 8 blocks 9×9, as in the official code).
+    """
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    return ((ys[:, None] - ys[None, :]).abs() <= window[0] // 2) & ((xs[:, None] - xs[None, :]).abs() <= window[1] // 2)
+
+
+def add_feature_jitter(tokens: torch.Tensor, scale: float, probability: float, gen: torch.Generator | None = None):
+    """UniAD's feature jitter: noise ~ N(0,1) * (||token|| / C) * scale, applied with `probability`."""
+    if scale <= 0 or torch.rand(1, generator=gen).item() > probability:
+        return tokens
+    norms = tokens.norm(dim=-1, keepdim=True) / tokens.shape[-1]
+    noise = (
+        torch.randn(tokens.shape, generator=gen, device="cpu").to(tokens)
+        if gen is not None
+        else torch.randn_like(tokens)
+    )
+    return tokens + noise * norms * scale
+
+
+class LearnedPositionEmbedding(nn.Module):
+    """Row and column embeddings of dim/2 each, concatenated (DETR/UniAD style)."""
+
+    def __init__(self, grid: tuple[int, int], dim: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.row = nn.Embedding(grid[0], dim // 2)
+        self.col = nn.Embedding(grid[1], dim - dim // 2)
+
+    def forward(self) -> torch.Tensor:
+        h, w = self.grid
+        rows = self.row.weight[:, None, :].expand(h, w, -1)
+        cols = self.col.weight[None, :, :].expand(h, w, -1)
+        return torch.cat([rows, cols], dim=-1).reshape(h * w, -1)  # (hw, dim)
+
+
+class _MLP(nn.Sequential):
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm self-attention layer; position embedding added to queries and keys."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.mlp = _MLP(dim, ffn, dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        q = x + pos
+        x = self.norm1(x + self.drop1(self.attn(q, q, x, attn_mask=mask, need_weights=False)[0]))
+        return self.norm2(x + self.drop2(self.mlp(x)))
+
+
+class TwoWayDecoderLayer(nn.Module):
+    """SAM-style two-way layer: the prompt stream attends to the image, then the image attends to the prompt.
+
+    `residual="fixed"` adds the image→prompt attention output to the image stream (official code after commit
+    a6e80fa); `"prefix"` reproduces the earlier bug (adds the prompt stream's MLP output instead), the variant the
+    paper's tables were measured with.
+    """
+
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float, residual: str = "fixed") -> None:
+        super().__init__()
+        if residual not in DECODER_RESIDUALS:
+            raise ValueError(f"method.decoder_residual={residual!r} is not one of {DECODER_RESIDUALS}")
+        self.residual = residual
+        self.prompt_to_image = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.image_to_prompt = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(), nn.Linear(ffn, dim))
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, prompt, image, pos, mask):
+        attn = self.prompt_to_image(prompt + pos, image + pos, image, attn_mask=mask, need_weights=False)[0]
+        prompt = self.norm1(prompt + self.drop1(attn))
+        mlp_out = self.mlp(prompt)
+        prompt = self.norm2(prompt + self.drop2(mlp_out))
+        attn = self.image_to_prompt(image + pos, prompt + pos, prompt, attn_mask=mask, need_weights=False)[0]
+        image = self.norm3(image + self.drop3(attn if self.residual == "fixed" else mlp_out))
+        return prompt, image
+
+
+class QueryDecoderLayer(nn.Module):
+    """UniAD's layer-wise query decoder layer: queries attend to the encoder memory, then to the previous layer's
+    output, then an FFN. Queries are the layer's own learned embedding, or the encoded prompt (static prompt)."""
+
+    def __init__(self, tokens: int, dim: int, heads: int, ffn: int, dropout: float, learned: bool = True) -> None:
+        super().__init__()
+        self.queries = nn.Embedding(tokens, dim) if learned else None
+        self.to_memory = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.to_previous = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.mlp = _MLP(dim, ffn, dropout)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, previous, memory, pos, mask, prompt=None):
+        q = prompt if self.queries is None else self.queries.weight[None].expand(memory.shape[0], -1, -1)
+        q = self.norm1(
+            q + self.drop1(self.to_memory(q + pos, memory + pos, memory, attn_mask=mask, need_weights=False)[0])
+        )
+        attn = self.to_previous(q + pos, previous + pos, previous, attn_mask=mask, need_weights=False)[0]
+        q = self.norm2(q + self.drop2(attn))
+        return self.norm3(q + self.drop3(self.mlp(q)))
+
+
+class ReconstructionTransformer(nn.Module):
+    """Shared by both methods: projections, position embedding, neighbour-masked encoder; the decoder differs.
+
+    decoder="dynamic" (OneNIP): two-way decoder whose prompt stream becomes the reconstruction (+ final
+    prompt→image attention and LayerNorm). "static": UniAD's decoder with the encoded prompt as queries.
+    "query" (UniAD): layer-wise learned queries, no prompt.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        grid: tuple[int, int],
+        decoder: str = "dynamic",
+        hidden: int = 256,
+        heads: int = 8,
+        ffn: int = 1024,
+        encoder_layers: int = 4,
+        decoder_layers: int = 4,
+        dropout: float = 0.1,
+        neighbour_window: Sequence[int] | None = None,
+        decoder_residual: str = "fixed",
+    ) -> None:
+        super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f"method.decoder={decoder!r} is not one of {DECODERS}")
+        self.decoder_kind, self.grid = decoder, tuple(grid)
+        self.input_proj = nn.Linear(channels, hidden)
+        self.output_proj = nn.Linear(hidden, channels)
+        self.pos = LearnedPositionEmbedding(self.grid, hidden)
+        self.encoder = nn.ModuleList(EncoderLayer(hidden, heads, ffn, dropout) for _ in range(encoder_layers))
+        if decoder == "dynamic":
+            self.decoder = nn.ModuleList(
+                TwoWayDecoderLayer(hidden, heads, ffn, dropout, decoder_residual) for _ in range(decoder_layers)
+            )
+            self.final_attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+            self.final_norm = nn.LayerNorm(hidden)
+        else:
+            n_tokens = self.grid[0] * self.grid[1]
+            self.decoder = nn.ModuleList(
+                QueryDecoderLayer(n_tokens, hidden, heads, ffn, dropout, learned=decoder == "query")
+                for _ in range(decoder_layers)
+            )
+            self.final_norm = nn.LayerNorm(hidden)
+        window = tuple(neighbour_window) if neighbour_window else (self.grid[0] // 2, self.grid[1] // 2)
+        self.register_buffer("mask", neighbour_mask(*self.grid, window) if window[0] > 0 else None, persistent=False)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) → (N, hw, C)."""
+        if tuple(features.shape[-2:]) != self.grid:
+            raise ValueError(
+                f"feature grid {tuple(features.shape[-2:])} does not match the model's {self.grid}: OneNIP/UniAD "
+                "models only run at the input size they were built for (dataset.image_size)"
+            )
+        return features.flatten(2).transpose(1, 2)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.input_proj(tokens)
+        pos = self.pos()[None]
+        for layer in self.encoder:
+            x = layer(x, pos, self.mask)
+        return x
+
+    def decode(self, image: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
+        """Encoded image (and prompt) tokens → reconstructed features (N, hw, C)."""
+        pos = self.pos()[None]
+        if self.decoder_kind != "query" and prompt is None:
+            raise ValueError(f"decoder={self.decoder_kind!r} needs a prompt")
+        if self.decoder_kind == "dynamic":
+            for layer in self.decoder:
+                prompt, image = layer(prompt, image, pos, self.mask)
+            attn = self.final_attn(prompt + pos, image + pos, image, need_weights=False)[0]
+            out = self.final_norm(prompt + attn)
+        else:
+            out = image
+            for layer in self.decoder:
+                out = layer(out, image, pos, self.mask, prompt)
+            out = self.final_norm(out)
+        return self.output_proj(out)
+
+    @property
+    def uses_prompt(self) -> bool:
+        return self.decoder_kind != "query"
+
+    def untokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, _, c = tokens.shape
+        return tokens.transpose(1, 2).reshape(n, c, *self.grid)
+
+
+class Refiner(nn.Module):
+    """2 × (3×3 conv, BN, ReLU, 2×2 transposed conv) + 1×1 conv on |F − F̂|: an anomaly logit at 4× the token grid."""
+
+    def __init__(self, channels: int, hidden: int = 128) -> None:
+        super().__init__()
+        blocks = []
+        for i in range(2):
+            blocks += [
+                nn.Conv2d(channels if i == 0 else hidden, hidden, 3, padding=1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(inplace=True),
+                nn.ConvTranspose2d(hidden, hidden, 2, stride=2),
+            ]
+        self.body = nn.Sequential(*blocks, nn.Conv2d(hidden, 1, 1))
+
+    def forward(self, residual: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        logits = self.body(residual)
+        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)[:, 0]
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice with squared denominators (p = 2), per sample, then mean (as the official DiceLoss)."""
+    prob = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    num = 2 * (prob * target).sum(1) + smooth
+    den = (prob**2).sum(1) + (target**2).sum(1) + smooth
+    return (1 - num / den).mean()

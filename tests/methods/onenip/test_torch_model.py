@@ -1,0 +1,109 @@
+"""OneNIP/UniAD building blocks against the paper's and the official code's definitions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anomaly_zoo.backbones import FeatureExtractor
+from anomaly_zoo.methods.onenip.torch_model import (
+    EncoderLayer,
+    ReconstructionTransformer,
+    Refiner,
+    StrideSixteenNeck,
+    TwoWayDecoderLayer,
+    add_feature_jitter,
+    dice_loss,
+    neighbour_mask,
+)
+
+
+def test_neighbour_mask_blocks_the_window_around_each_token():
+    mask = neighbour_mask(14, 14, (7, 7))
+    centre = mask[7 * 14 + 7].view(14, 14)
+    assert centre[4:11, 4:11].all() and centre.sum() == 49  # 7x7 blocked, the rest free
+    corner = mask[0].view(14, 14)
+    assert corner[:4, :4].all() and corner.sum() == 16
+    # Even windows block window+1 (half-width window // 2), as the official code at 256 px (8 → 9x9).
+    assert neighbour_mask(16, 16, (8, 8))[8 * 16 + 8].sum() == 81
+
+
+def test_masked_encoder_cannot_see_neighbours():
+    torch.manual_seed(0)
+    layer = EncoderLayer(16, 2, 32, dropout=0.0).eval()
+    mask = neighbour_mask(6, 6, (3, 3))
+    x = torch.randn(1, 36, 16, requires_grad=True)
+    out = layer(x, torch.zeros(1, 36, 16), mask)
+    (grad,) = torch.autograd.grad((out[0, 14] * torch.randn(16)).sum(), x)  # token (2, 2); not a plain sum:
+    # a LayerNorm output sums to a constant
+    per_token = grad[0].abs().sum(-1).view(6, 6)
+    assert per_token[2, 2] > 0  # itself, through the residual
+    window = per_token[1:4, 1:4].clone()
+    window[1, 1] = 0
+    assert torch.all(window == 0)  # its 3x3 neighbours are invisible
+    assert per_token[5, 5] > 0  # far tokens are visible
+
+
+def test_prefix_residual_reproduces_the_pre_fix_decoder():
+    torch.manual_seed(0)
+    fixed = TwoWayDecoderLayer(16, 2, 32, 0.0, "fixed").eval()
+    prefix = TwoWayDecoderLayer(16, 2, 32, 0.0, "prefix").eval()
+    prefix.load_state_dict(fixed.state_dict())
+    prompt, image, pos = torch.randn(2, 9, 16), torch.randn(2, 9, 16), torch.randn(1, 9, 16)
+    p1, i1 = fixed(prompt, image, pos, None)
+    p2, i2 = prefix(prompt, image, pos, None)
+    assert torch.allclose(p1, p2) and not torch.allclose(i1, i2)
+    # By hand: the image stream gets the prompt stream's MLP output (the bug), not the attention output.
+    attn = fixed.prompt_to_image(prompt + pos, image + pos, image, need_weights=False)[0]
+    after_norm1 = fixed.norm1(prompt + attn)
+    assert torch.allclose(i2, fixed.norm3(image + fixed.mlp(after_norm1)), atol=1e-6)
+    with pytest.raises(ValueError, match="decoder_residual"):
+        TwoWayDecoderLayer(16, 2, 32, 0.0, "other")
+
+
+@pytest.mark.parametrize("decoder", ["dynamic", "static", "query"])
+def test_reconstruction_shapes_and_prompt_dependence(decoder):
+    torch.manual_seed(0)
+    model = ReconstructionTransformer(24, (4, 4), decoder, hidden=16, heads=2, ffn=32, encoder_layers=1,
+                                      decoder_layers=2, dropout=0.0).eval()  # fmt: skip
+    image = model.encode(torch.randn(3, 16, 24))
+    prompt_a, prompt_b = model.encode(torch.randn(3, 16, 24)), model.encode(torch.randn(3, 16, 24))
+    out_a = model.decode(image, prompt_a if model.uses_prompt else None)
+    assert out_a.shape == (3, 16, 24)
+    if decoder == "query":
+        assert not model.uses_prompt
+    else:  # the prompt guides the reconstruction
+        assert not torch.allclose(out_a, model.decode(image, prompt_b))
+    with pytest.raises(ValueError, match="feature grid"):
+        model.tokens(torch.randn(1, 24, 5, 5))
+
+
+def test_channels_follow_the_backbone_not_a_constant():
+    backbone = FeatureExtractor("lite0", "tf_efficientnet_lite0", [0, 1, 2, 3], weights="package", normalization="tf")
+    neck = StrideSixteenNeck(backbone)
+    feats = neck(torch.rand(2, 3, 64, 64))
+    assert neck.channels == 16 + 24 + 40 + 112 == feats.shape[1] and feats.shape[-2:] == (4, 4)
+
+
+def test_refiner_upsamples_to_the_image():
+    logits = Refiner(24, 8)(torch.rand(2, 24, 4, 4), (64, 64))
+    assert logits.shape == (2, 64, 64)
+
+
+def test_dice_loss_hand_computed():
+    target = torch.zeros(1, 2, 2)
+    target[0, 0, 0] = 1
+    perfect = torch.full((1, 2, 2), -50.0)
+    perfect[0, 0, 0] = 50.0
+    assert dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    zero_logits = torch.zeros(1, 2, 2)  # p = 0.5 everywhere: 1 - (2*0.5 + 1) / (4*0.25 + 1 + 1) = 1/3
+    assert dice_loss(zero_logits, target).item() == pytest.approx(1 / 3)
+
+
+def test_feature_jitter_scale_matches_uniad():
+    torch.manual_seed(0)
+    tokens = torch.randn(4, 100, 32) * 3
+    noise = add_feature_jitter(tokens, 20.0, 1.0) - tokens
+    unit = noise / (tokens.norm(dim=-1, keepdim=True) / 32 * 20.0)
+    assert unit.std().item() == pytest.approx(1.0, abs=0.05)
+    assert torch.equal(add_feature_jitter(tokens, 20.0, 0.0), tokens)

@@ -1,0 +1,95 @@
+"""OneNIP and UniAD through the framework: fit/test, checkpoints (resume, corrupt files), DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from anomaly_zoo.runner import CheckpointError, read_checkpoint, run
+
+ROOT = Path(__file__).resolve().parents[3]
+TINY = [
+    "method=onenip",
+    "dataset.categories=[logo,coin]",
+    "dataset.image_size=64",
+    "dataset.train_batch_size=4",
+    "dataset.eval_batch_size=16",
+    "method.hidden=32",
+    "method.heads=2",
+    "method.ffn=64",
+    "method.encoder_layers=1",
+    "method.decoder_layers=1",
+    "method.refiner_hidden=16",
+    "method.max_epochs=1",
+    "eval.heatmaps_per_category=0",
+]
+
+
+def _run(compose_cfg, overrides, out_dir, fit=True, config="train"):
+    cfg = compose_cfg(config, [*TINY, *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+    return cfg, run(cfg, fit=fit)
+
+
+def test_fit_test_and_reload_with_oracle_prompts(compose_cfg, tmp_path):
+    _, out = _run(compose_cfg, ["trainer.limit_train_batches=3"], tmp_path / "fit")
+    res = json.loads(Path(out["results_path"]).read_text())
+    assert res["method"] == "onenip" and res["prompt_selection"] == "cosine" and res["decoder"] == "dynamic"
+    assert all(0 <= v <= 1 for v in res["mean"].values())
+    ckpt = tmp_path / "fit" / "checkpoints" / "last.ckpt"
+    state = read_checkpoint(ckpt)
+    assert state["pool_categories"] == ["logo", "coin"] and state["state_dict"]["pool_features"].shape[0] == 2
+    _, again = _run(compose_cfg, [f"ckpt_path={ckpt}", "method.prompt_selection=oracle"], tmp_path / "t", False, "test")
+    assert json.loads(Path(again["results_path"]).read_text())["prompt_selection"] == "oracle"
+
+
+def test_uniad_is_the_no_prompt_ablation(compose_cfg, tmp_path):
+    cfg, out = _run(compose_cfg, ["method=uniad", "trainer.limit_train_batches=2"], tmp_path)
+    res = json.loads(Path(out["results_path"]).read_text())
+    assert res["method"] == "uniad" and res["decoder"] == "query" and "prompt_selection" not in res
+    assert cfg.method.restoration is False and cfg.method.refiner is False
+
+
+def test_resume_gives_the_same_weights_as_one_run(compose_cfg, tmp_path):
+    common = ["method.max_epochs=2", "trainer.limit_train_batches=2", "trainer.deterministic=true"]
+    _run(compose_cfg, common, tmp_path / "full")
+    _run(compose_cfg, [*common, "method.max_epochs=1"], tmp_path / "half")
+    half = tmp_path / "half" / "checkpoints" / "last.ckpt"
+    _run(compose_cfg, [*common, f"ckpt_path={half}"], tmp_path / "resumed")
+    full = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.ckpt")["state_dict"]
+    resumed = read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+
+
+def test_corrupt_or_truncated_checkpoint_is_named(compose_cfg, tmp_path):
+    _run(compose_cfg, ["trainer.limit_train_batches=1"], tmp_path / "fit")
+    good = (tmp_path / "fit" / "checkpoints" / "last.ckpt").read_bytes()
+    bad = tmp_path / "truncated.ckpt"
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*truncated.ckpt.*corrupt or truncated"):
+        _run(compose_cfg, [f"ckpt_path={bad}"], tmp_path / "t", False, "test")
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_two_process_ddp_ranks_end_with_identical_weights(synthetic_root, tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.ddp_train", str(synthetic_root), str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and "rec_scale" in rank0 and "transformer.input_proj.weight" in rank0
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
