@@ -23,6 +23,7 @@ lint:
 
 bench:
 	$(PY) experiments/bench_metrics.py
+	$(PY) experiments/bench_onenip.py
 
 clean-data:
 	rm -rf data/synthetic

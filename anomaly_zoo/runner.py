@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
+from anomaly_zoo.evaluation.threshold import calibrate_and_record
 from anomaly_zoo.methods.base import AnomalyMethod
 from anomaly_zoo.reporting import metrics_table, save_overlay
 
@@ -55,11 +56,12 @@ def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint_weights(method: AnomalyMethod, ckpt_path: str | Path) -> None:
-    """Load a checkpoint's weights (and the method's own extra state) for evaluation."""
+def load_checkpoint_weights(method: AnomalyMethod, ckpt_path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's weights (and the method's own extra state) for evaluation; returns the checkpoint."""
     state = read_checkpoint(ckpt_path)
     method.on_load_checkpoint(state)
     method.load_state_dict(state["state_dict"])
+    return state
 
 
 def instantiate_method(cfg: DictConfig) -> AnomalyMethod:
@@ -113,6 +115,8 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
         if resume:  # resume: weights, optimizer, scheduler, epoch and the method's RNG state
             read_checkpoint(resume)  # a clear error for a bad file before Lightning touches it
         trainer.fit(method, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        if trainer.is_global_zero:
+            calibrate_and_record(method, datamodule, out / "checkpoints", cfg.eval.threshold_false_alarm_rate)
     elif cfg.get("ckpt_path"):
         load_checkpoint_weights(method, cfg.ckpt_path)
     elif method.requires_training and not cfg.get("ckpt_path"):
@@ -146,6 +150,34 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     overlays = write_heatmaps(collector, datamodule, out / "heatmaps", cfg.eval.heatmaps_per_category)
     print(f"\nresults: {path}\nheatmaps: {len(overlays)} PNGs in {out / 'heatmaps'}")
     return {"results_path": str(path), "per_category": collector.per_category, "mean": collector.mean}
+
+
+def predict(cfg: DictConfig) -> list:
+    """`anomaly_zoo.predict`: a folder of new images → scores.csv, overlays and report.html."""
+    from anomaly_zoo.inference import predict_folder
+
+    method = instantiate_method(cfg)
+    threshold, source = cfg.get("threshold"), "given on the command line"
+    if cfg.get("ckpt_path"):
+        recorded = load_checkpoint_weights(method, cfg.ckpt_path).get("threshold")
+        if threshold is None and recorded:
+            threshold = recorded["value"]
+            source = (
+                f"from the checkpoint: false-alarm rate {recorded['false_alarm_rate']:g} on "
+                f"{recorded['validation_images']} normal validation images"
+            )
+    elif method.requires_training:
+        raise ValueError(f"method {method_name(cfg)} must be trained: pass ckpt_path=/path/to/checkpoint.ckpt")
+    if threshold is None:
+        log.warning("no decision threshold (none given, none in the checkpoint): scores only")
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    device = "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
+    rows = predict_folder(
+        method.to(device), cfg.input, cfg.output, cfg.dataset.image_size, threshold, source,
+        batch_size=cfg.batch_size, category=cfg.get("category"), overwrite=cfg.overwrite,
+    )  # fmt: skip
+    print(f"{len(rows)} images → {Path(cfg.output) / 'scores.csv'}, {Path(cfg.output) / 'report.html'}")
+    return rows
 
 
 def write_heatmaps(collector: EvaluationCollector, datamodule, folder: Path, per_category: int) -> list[Path]:

@@ -8,7 +8,7 @@ which receives the `MethodOutput` each test/predict step returns.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, NotRequired, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from lightning.pytorch import LightningModule
 class MethodOutput(TypedDict):
     anomaly_maps: torch.Tensor  # (N, H, W) float, higher = more anomalous, any resolution
     pred_scores: torch.Tensor  # (N,) float
+    categories: NotRequired[list[str]]  # the class the method assumed per image, where it chooses one
 
 
 class AnomalyMethod(LightningModule):

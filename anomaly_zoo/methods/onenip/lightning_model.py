@@ -278,6 +278,9 @@ class OneNIP(AnomalyMethod):
     # ------------------------------------------------------------------ inference
     def _pool_prompts(self, feats: torch.Tensor, categories: Sequence[str], selection: str) -> torch.Tensor:
         """Prompt features per image: `oracle` restricts to the ground-truth class, `cosine` searches the pool."""
+        return self.pool_features[self._pool_choice(feats, categories, selection)]
+
+    def _pool_choice(self, feats: torch.Tensor, categories: Sequence[str], selection: str) -> torch.Tensor:
         if self.pool_features.numel() == 0:
             raise RuntimeError("OneNIP has no prompt pool: fit it (or load a checkpoint) before testing")
         pool = F.normalize(self.pool_features.flatten(1), dim=1)
@@ -285,7 +288,7 @@ class OneNIP(AnomalyMethod):
         if selection == "oracle":
             allowed = torch.stack([self.pool_category == self._category_id(c) for c in categories])
             sims = sims.masked_fill(~allowed, float("-inf"))
-        return self.pool_features[sims.argmax(dim=1)]
+        return sims.argmax(dim=1)
 
     def _category_id(self, category: str) -> int:
         if category not in self.pool_categories:
@@ -323,11 +326,19 @@ class OneNIP(AnomalyMethod):
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
         feats = self.features(images)
-        rec = self.reconstruct(feats, self._prompts_for_test(feats, categories), jitter=False)
+        chosen = None
+        if self.transformer.uses_prompt:
+            # Unknown classes (e.g. predict on a folder) leave the choice to the features.
+            selection = self.hparams.prompt_selection if all(categories) else "cosine"
+            chosen = self._pool_choice(feats, categories, selection)
+        rec = self.reconstruct(feats, None if chosen is None else self.pool_features[chosen], jitter=False)
         maps = self.score_maps(feats, rec, tuple(images.shape[-2:]))
         k = self.hparams.image_score_pool
         pooled = F.avg_pool2d(maps[:, None], k, stride=1)[:, 0] if k > 1 else maps
-        return {"anomaly_maps": maps, "pred_scores": pooled.flatten(1).amax(dim=1)}
+        out: MethodOutput = {"anomaly_maps": maps, "pred_scores": pooled.flatten(1).amax(dim=1)}
+        if chosen is not None:
+            out["categories"] = [self.pool_categories[int(self.pool_category[c])] for c in chosen]
+        return out
 
     def result_metadata(self) -> dict[str, Any]:
         meta = {"decoder": self.hparams.decoder, "score_scaling": self.hparams.score_scaling}

@@ -93,3 +93,18 @@ def test_two_process_ddp_ranks_end_with_identical_weights(synthetic_root, tmp_pa
     assert rank0.keys() == rank1.keys() and "rec_scale" in rank0 and "transformer.input_proj.weight" in rank0
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
+
+
+def test_unknown_class_images_get_a_prompt_by_similarity(compose_cfg, tmp_path):
+    from anomaly_zoo.data import AnomalyDataModule
+    from anomaly_zoo.runner import instantiate_method, load_checkpoint_weights
+
+    cfg, _ = _run(compose_cfg, ["trainer.limit_train_batches=1"], tmp_path)
+    method = instantiate_method(cfg)
+    load_checkpoint_weights(method, tmp_path / "checkpoints" / "last.ckpt")
+    dm = AnomalyDataModule("synthetic", cfg.dataset.root, categories=["logo", "coin"], image_size=64, num_workers=0)
+    dm.setup()
+    batch = next(iter(dm.test_dataloader()))
+    out = method.eval().predict_batch(batch["image"], [""] * len(batch["path"]))  # predict: class unknown
+    assert set(out["categories"]) <= {"logo", "coin"} and len(out["categories"]) == len(batch["path"])
+    assert out["anomaly_maps"].shape == (len(batch["path"]), 64, 64)

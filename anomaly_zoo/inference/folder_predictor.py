@@ -1,0 +1,131 @@
+"""`anomaly_zoo.predict`: scores, heatmap overlays, scores.csv and report.html for a folder of images."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from anomaly_zoo.data.image_dataset import ImageReadError, read_rgb
+from anomaly_zoo.methods.base import AnomalyMethod
+from anomaly_zoo.reporting import save_overlay
+from anomaly_zoo.reporting.html_report import write_report
+
+log = logging.getLogger(__name__)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class PredictionRow:
+    path: str
+    category: str = ""
+    score: float | None = None
+    decision: str = ""
+    overlay: str = ""  # relative to the output folder
+    error: str = ""
+
+
+def find_images(input_path: str | Path) -> list[Path]:
+    """Every jpg/png/bmp/tif below `input_path` (or the file itself), sorted; clear errors otherwise."""
+    root = Path(input_path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"input={input_path}: no such file or folder")
+    if root.is_file():
+        return [root]
+    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not found:
+        raise FileNotFoundError(
+            f"input={input_path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below"
+        )
+    return found
+
+
+def _overlay_name(path: Path, root: Path) -> str:
+    rel = path.relative_to(root) if root.is_dir() else Path(path.name)
+    return "overlays/" + "__".join(rel.with_suffix("").parts) + ".png"
+
+
+def _check_output(output: Path, planned: list[str], overwrite: bool) -> None:
+    clashes = [name for name in planned if (output / name).exists()]
+    if clashes and not overwrite:
+        raise FileExistsError(
+            f"output={output} already holds {len(clashes)} of this run's files (e.g. {clashes[0]}); "
+            "choose another output folder or pass overwrite=true (nothing else in it is touched)"
+        )
+
+
+def _load(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    image = TF.to_dtype(TF.pil_to_tensor(read_rgb(path)), torch.float32, scale=True)
+    return TF.resize(image, list(size), antialias=True)
+
+
+@torch.no_grad()
+def predict_folder(
+    method: AnomalyMethod,
+    input_path: str | Path,
+    output: str | Path,
+    image_size: int,
+    threshold: float | None,
+    threshold_source: str,
+    batch_size: int = 8,
+    category: str | None = None,
+    overwrite: bool = False,
+) -> list[PredictionRow]:
+    """Score every image under `input_path`; write overlays, scores.csv and report.html into `output`."""
+    root = Path(input_path).expanduser()
+    images = find_images(root)
+    output = Path(output).expanduser()
+    rows = [PredictionRow(str(p), overlay=_overlay_name(p, root)) for p in images]
+    _check_output(output, ["scores.csv", "report.html", *(r.overlay for r in rows)], overwrite)
+    (output / "overlays").mkdir(parents=True, exist_ok=True)
+    size = (image_size, image_size)
+    method.eval()
+    maps_by_row: dict[int, np.ndarray] = {}
+    for start in tqdm(range(0, len(rows), batch_size), desc="predicting", unit="batch"):
+        batch_rows = list(range(start, min(start + batch_size, len(rows))))
+        tensors, ok = [], []
+        for i in batch_rows:
+            try:
+                tensors.append(_load(images[i], size))
+                ok.append(i)
+            except ImageReadError as err:
+                rows[i].error = str(err)
+                rows[i].overlay = ""
+        if not ok:
+            continue
+        out = method.predict_batch(torch.stack(tensors).to(method.device), [category or ""] * len(ok))
+        used = out.get("categories") or [category or ""] * len(ok)
+        for j, i in enumerate(ok):
+            rows[i].score = float(out["pred_scores"][j])
+            rows[i].category = used[j]
+            maps_by_row[i] = out["anomaly_maps"][j].float().cpu().numpy()
+    # One colour scale for the whole run, so overlays compare across images.
+    if maps_by_row:
+        vmin = float(min(m.min() for m in maps_by_row.values()))
+        vmax = float(max(m.max() for m in maps_by_row.values()))
+        for i, amap in tqdm(maps_by_row.items(), desc="writing overlays", unit="image"):
+            row = rows[i]
+            if threshold is not None:
+                row.decision = "anomalous" if row.score > threshold else "normal"
+            save_overlay(row.path, amap, output / row.overlay, score=row.score, vmin=vmin, vmax=vmax,
+                         title=Path(row.path).name)  # fmt: skip
+    _write_csv(output / "scores.csv", rows)
+    write_report(output / "report.html", rows, threshold, threshold_source)
+    failed = sum(1 for r in rows if r.error)
+    log.info("%d images scored, %d unreadable; results in %s", len(rows) - failed, failed, output)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[PredictionRow]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "category", "score", "decision", "overlay", "error"])
+        for r in rows:
+            writer.writerow([r.path, r.category, "" if r.score is None else f"{r.score:.6g}", r.decision, r.overlay,
+                             r.error])  # fmt: skip

@@ -1,0 +1,15 @@
+"""`python -m anomaly_zoo.predict method=... [ckpt_path=...] input=DIR output=DIR [threshold=...]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from anomaly_zoo.runner import predict
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
