@@ -6,8 +6,11 @@ results.json, a printed table, heatmap overlays.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,8 @@ import hydra
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
@@ -94,7 +98,76 @@ def build_trainer(cfg: DictConfig, method: AnomalyMethod, out: Path, callbacks: 
     trainer_kwargs.pop("_target_", None)
     trainer_kwargs.update(method.trainer_arguments)  # the method's needs win (e.g. a single epoch)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    if logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the resolved config, once
+        if method.requires_training:
+            callbacks = [*callbacks, LearningRateMonitor(logging_interval="epoch")]
     return pl.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(out))
+
+
+# Keys that do not change a run's results: left out of the key that identifies a finished run.
+_KEY_EXCLUDED = ("paths", "hydra", "logger", "force", "eval")
+
+
+def config_key(cfg: DictConfig) -> str:
+    """A stable hash of the resolved config, without output paths and logging settings."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    kept = {k: v for k, v in resolved.items() if k not in _KEY_EXCLUDED}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _finished_run(cfg: DictConfig, key: str) -> Path | None:
+    """A results.json of a successful run with the same config key: this run's own folder or, in a multirun,
+    any folder of the same sweep directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    candidates = [output_dir(cfg) / "results.json"]
+    if _is_multirun():
+        candidates += sorted(Path(HydraConfig.get().sweep.dir).glob("**/results.json"))
+    for path in candidates:
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if found.get("config_key") == key and found.get("status", "ok") == "ok":
+            return path
+    return None
+
+
+def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
+    """What the entry points call: skips a run already finished with the same config (unless force=true) and,
+    inside a multirun, records a failed run in its results.json instead of stopping the sweep."""
+    key = config_key(cfg)
+    if not cfg.get("force", False):
+        done = _finished_run(cfg, key)
+        if done is not None:
+            print(f"skipping: a finished run with the same config is at {done} (force=true re-runs it)")
+            return None
+    start = time.perf_counter()
+    try:
+        return run(cfg, fit=fit)
+    except Exception as err:
+        if not _is_multirun():
+            raise
+        log.exception("run failed; recorded in results.json, the sweep goes on")
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # the failure may be in the config itself
+            config = OmegaConf.to_container(cfg, resolve=False)
+        write_results(
+            output_dir(cfg), method_name(cfg), cfg.dataset.name, config, {}, {},
+            time.perf_counter() - start,
+            extra={"status": "failed", "error": f"{type(err).__name__}: {err}", "config_key": key,
+                   "traceback": traceback.format_exc(limit=20)},
+        )  # fmt: skip
+        return None
 
 
 def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
@@ -140,6 +213,8 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
         collector.mean,
         runtime,
         extra={
+            "status": "ok",
+            "config_key": config_key(cfg),
             "protocol": cfg.dataset.protocol,
             "eval_size": list(datamodule.test_dataset.size),
             **method.result_metadata(),
@@ -148,8 +223,19 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     print(f"\n{name} on {cfg.dataset.name} ({cfg.dataset.protocol}), {runtime:.1f} s\n")
     print(metrics_table(collector.per_category, collector.mean))
     overlays = write_heatmaps(collector, datamodule, out / "heatmaps", cfg.eval.heatmaps_per_category)
+    if isinstance(trainer.logger, WandbLogger) and overlays:
+        trainer.logger.log_image(key="heatmaps", images=[str(p) for p in overlays], caption=[p.stem for p in overlays])
+    if isinstance(trainer.logger, WandbLogger):
+        trainer.logger.experiment.finish()  # one W&B run per job, also inside a multirun
     print(f"\nresults: {path}\nheatmaps: {len(overlays)} PNGs in {out / 'heatmaps'}")
-    return {"results_path": str(path), "per_category": collector.per_category, "mean": collector.mean}
+    val_loss = trainer.callback_metrics.get("val/loss")
+    return {
+        "results_path": str(path),
+        "per_category": collector.per_category,
+        "mean": collector.mean,
+        # what a hyper-parameter sweeper may minimise: validation data only, never the test metrics
+        "objective": None if val_loss is None else float(val_loss),
+    }
 
 
 def predict(cfg: DictConfig) -> list:

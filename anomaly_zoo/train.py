@@ -3,12 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from anomaly_zoo.runner import run
+from anomaly_zoo.runner import run_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    run(cfg, fit=True)
+def main(cfg: DictConfig) -> float | None:
+    result = run_job(cfg, fit=True)
+    return result.get("objective") if result else None  # the validation loss, for hydra/sweeper=optuna
 
 
 if __name__ == "__main__":

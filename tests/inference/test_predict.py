@@ -123,3 +123,14 @@ def test_report_renders_in_headless_chromium(compose_cfg, trained_checkpoint, im
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'data-images-loaded="5/5"' in proc.stdout, proc.stdout[-1500:]
     assert "Uncaught" not in proc.stderr
+
+
+def test_training_free_method_needs_no_checkpoint(compose_cfg, image_folder, tmp_path):
+    cfg = compose_cfg(
+        "predict",
+        ["~method", "+method._target_=tests.helpers.pixel_method.PixelDeviation", "+method.name=pixel",
+         "dataset.image_size=64", f"input={image_folder}", f"output={tmp_path / 'out'}", "threshold=0.2"],
+    )  # fmt: skip
+    rows = predict(cfg)
+    scored = [r for r in rows if not r.error]
+    assert len(scored) == 5 and all(r.decision == ("anomalous" if r.score > 0.2 else "normal") for r in scored)

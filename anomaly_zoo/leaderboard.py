@@ -1,0 +1,30 @@
+"""`python -m anomaly_zoo.leaderboard <folders...> [out=DIR] [logger=wandb] [project=...] [entity=...]`
+
+Collects every results.json below the folders (a sweep directory, several run folders) into per-dataset
+leaderboards: leaderboard_<dataset>.md and .csv in `out` (default: the first folder).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from anomaly_zoo.reporting.leaderboard import collect_runs, log_to_wandb, write_leaderboards
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    folders = [a for a in args if "=" not in a]
+    unknown = set(options) - {"out", "logger", "project", "entity"}
+    if not folders or unknown:
+        raise SystemExit(__doc__ + (f"\nunknown option(s): {sorted(unknown)}" if unknown else ""))
+    runs = collect_runs(folders)
+    out = options.get("out", folders[0])
+    for path in write_leaderboards(runs, out):
+        print(path)
+    if options.get("logger") == "wandb":
+        print("wandb:", log_to_wandb(runs, options.get("project", "anomaly_zoo"), options.get("entity"), out))
+
+
+if __name__ == "__main__":
+    main()

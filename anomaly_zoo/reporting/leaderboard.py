@@ -1,0 +1,149 @@
+"""Leaderboards: every results.json under some folders → per-dataset tables (Markdown, CSV, W&B)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anomaly_zoo.metrics import METRIC_NAMES
+
+# Config keys that never distinguish runs in a table (paths, logging, the run key itself).
+_IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "eval.", "force", "config_key", "trainer.enable_")
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    method: str
+    dataset: str
+    status: str
+    error: str
+    categories: dict[str, dict[str, float | None]]
+    mean: dict[str, float | None]
+    config: dict[str, Any]
+    label: str = ""
+    flat: dict[str, Any] = field(default_factory=dict)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(tree) if isinstance(tree, list) else tree}
+
+
+def collect_runs(folders: Iterable[str | Path]) -> list[RunRecord]:
+    runs = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder}: no such folder")
+        for path in sorted(folder.rglob("results.json")):
+            data = json.loads(path.read_text())
+            runs.append(
+                RunRecord(
+                    path=path,
+                    method=data.get("method", "?"),
+                    dataset=data.get("dataset", "?"),
+                    status=data.get("status", "ok"),
+                    error=data.get("error", ""),
+                    categories=data.get("categories", {}),
+                    mean=data.get("mean", {}),
+                    config=data.get("config", {}),
+                    flat=_flatten(data.get("config", {})),
+                )
+            )
+    if not runs:
+        raise FileNotFoundError(f"no results.json found under {', '.join(map(str, folders))}")
+    return runs
+
+
+def label_runs(runs: list[RunRecord]) -> None:
+    """Label = method + the config values that differ between the runs of one table."""
+    keys = sorted({k for r in runs for k in r.flat if not k.startswith(_IGNORED_PREFIXES)})
+    varying = [k for k in keys if len({json.dumps(r.flat.get(k), default=str) for r in runs}) > 1]
+    for r in runs:
+        parts = [f"{k.removeprefix('method.')}={r.flat.get(k)}" for k in varying if not k.startswith("method._target_")]
+        r.label = " ".join([r.method, *[p for p in parts if not p.startswith("name=")]])
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def _best(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def _markdown(title: str, runs: list[RunRecord], rows_of: Any) -> str:
+    header = "| run | status | " + " | ".join(METRIC_NAMES) + " |"
+    lines = [f"### {title}", "", header, "|---|---|" + "---:|" * len(METRIC_NAMES)]
+    best = {m: _best([rows_of(r).get(m) for r in runs if r.status == "ok"]) for m in METRIC_NAMES}
+    for r in runs:
+        cells = []
+        for m in METRIC_NAMES:
+            v = rows_of(r).get(m)
+            text = _fmt(v)
+            cells.append(f"**{text}**" if v is not None and v == best[m] and r.status == "ok" else text)
+        status = r.status if r.status == "ok" else f"failed: {r.error[:80]}"
+        lines.append(f"| {r.label} | {status} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_leaderboards(runs: list[RunRecord], out_dir: str | Path) -> list[Path]:
+    """One Markdown and one CSV file per dataset; best value per column in bold (Markdown)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for dataset in sorted({r.dataset for r in runs}):
+        group = [r for r in runs if r.dataset == dataset]
+        label_runs(group)
+        categories = list(dict.fromkeys(c for r in group for c in r.categories))
+        md = [f"# Leaderboard: {dataset}", "", f"{len(group)} runs; values in %, best per column in bold.", ""]
+        md.append(_markdown("mean over categories", group, lambda r: r.mean))
+        for c in categories:
+            md += ["", _markdown(c, group, lambda r, c=c: r.categories.get(c, {}))]
+        md_path = out / f"leaderboard_{dataset}.md"
+        md_path.write_text("\n".join(md) + "\n")
+        csv_path = out / f"leaderboard_{dataset}.csv"
+        with csv_path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            columns = [f"mean/{m}" for m in METRIC_NAMES] + [f"{c}/{m}" for c in categories for m in METRIC_NAMES]
+            writer.writerow(["run", "method", "status", "error", "results", *columns])
+            for r in group:
+                values = [r.mean.get(m) for m in METRIC_NAMES]
+                values += [r.categories.get(c, {}).get(m) for c in categories for m in METRIC_NAMES]
+                writer.writerow(
+                    [r.label, r.method, r.status, r.error, str(r.path), *["" if v is None else v for v in values]]
+                )
+        written += [md_path, csv_path]
+    return written
+
+
+def log_to_wandb(runs: list[RunRecord], project: str, entity: str | None, out_dir: str | Path) -> str:
+    """One sortable `wandb.Table` per dataset plus the best mean of each metric as summary values."""
+    import wandb
+
+    run = wandb.init(project=project, entity=entity, job_type="leaderboard", dir=str(out_dir), reinit=True)
+    for dataset in sorted({r.dataset for r in runs}):
+        group = [r for r in runs if r.dataset == dataset]
+        label_runs(group)
+        table = wandb.Table(columns=["run", "method", "status", *METRIC_NAMES])
+        for r in group:
+            table.add_data(r.label, r.method, r.status, *[r.mean.get(m) for m in METRIC_NAMES])
+        run.log({f"leaderboard/{dataset}": table})
+        for m in METRIC_NAMES:
+            best = _best([r.mean.get(m) for r in group if r.status == "ok"])
+            if best is not None:
+                run.summary[f"{dataset}/best/{m}"] = best
+    run_dir = run.dir
+    run.finish()
+    return run_dir

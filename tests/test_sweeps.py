@@ -1,0 +1,125 @@
+"""Multirun sweeps: failures recorded, finished runs skipped, leaderboards equal to the runs' results."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sweep(synthetic_root, sweep_dir, *extra):
+    common = [
+        "-m", f"dataset.root={synthetic_root}", "dataset.categories=[logo,coin]", "dataset.num_workers=0",
+        "~method", "+method._target_=tests.helpers.pixel_method.PixelDeviation", "+method.name=pixel_deviation",
+        "trainer.enable_progress_bar=false", "eval.heatmaps_per_category=0", f"hydra.sweep.dir={sweep_dir}",
+    ]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "anomaly_zoo.test", *common, *extra], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def sweep(synthetic_root, tmp_path_factory):
+    """A 2 x 2 sweep plus one run that fails (reference='oops' is not a number)."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    first = _sweep(synthetic_root, sweep_dir, "+method.reference=0.3,0.7,oops", "dataset.image_size=64,96")
+    return sweep_dir, first
+
+
+def test_failed_run_is_recorded_and_the_sweep_goes_on(sweep):
+    sweep_dir, _ = sweep
+    results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
+    assert len(results) == 6
+    failed = [r for r in results if r["status"] == "failed"]
+    assert len(failed) == 2 and all("TypeError" in r["error"] or "ValueError" in r["error"] for r in failed)
+    assert all(r["mean"] and r["status"] == "ok" for r in results if r not in failed)
+
+
+def test_rerun_skips_finished_runs(sweep, synthetic_root):
+    sweep_dir, _ = sweep
+    stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/results.json")}
+    again = _sweep(synthetic_root, sweep_dir, "+method.reference=0.3,0.7", "dataset.image_size=64,96")
+    assert again.stdout.count("skipping: a finished run") == 4
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_leaderboard_rows_equal_the_runs_results(sweep, tmp_path):
+    sweep_dir, _ = sweep
+    from anomaly_zoo.leaderboard import main
+
+    main([str(sweep_dir), f"out={tmp_path}"])
+    rows = list(csv.DictReader((tmp_path / "leaderboard_synthetic.csv").open()))
+    assert len(rows) == 6 and sum(r["status"] == "failed" for r in rows) == 2
+    for row in rows:
+        res = json.loads(Path(row["results"]).read_text())
+        assert row["method"] == "pixel_deviation"
+        if res["status"] == "ok":
+            assert float(row["mean/I-AUROC"]) == res["mean"]["I-AUROC"]
+            assert float(row["logo/P-AP"]) == res["categories"]["logo"]["P-AP"]
+            assert "reference=" in row["run"] and "image_size=" in row["run"]  # what distinguishes the runs
+        else:
+            assert row["error"] == res["error"]
+    md = (tmp_path / "leaderboard_synthetic.md").read_text()
+    assert md.count("failed: ") == 2 * 3  # in the mean table and in both category tables
+    assert "**" in md and "### logo" in md
+
+
+def test_leaderboard_logs_to_wandb_offline(sweep, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    sweep_dir, _ = sweep
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    from anomaly_zoo.leaderboard import main
+
+    main([str(sweep_dir), f"out={tmp_path}", "logger=wandb", "project=anomaly_zoo_test"])
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb offline run directory"
+
+
+def test_training_with_wandb_offline_logs_config_metrics_and_heatmaps(compose_cfg, monkeypatch, tmp_path):
+    pytest.importorskip("wandb")
+    from omegaconf import open_dict
+
+    from anomaly_zoo.runner import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = ["logger=wandb", "logger.tags=[test]", "dataset.categories=[logo]", "dataset.image_size=64"]
+    cfg = compose_cfg("train", [*overrides, "method.bank_size=64", "eval.heatmaps_per_category=1"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    run(cfg, fit=True)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    files = runs[0] / "files"
+    assert list(files.glob("media/images/heatmaps_*.png")), "heatmap overlays logged as images"
+    # Offline, the metrics and the config are in the run's binary log (synced later with `wandb sync`).
+    record = next(runs[0].glob("run-*.wandb")).read_bytes()
+    assert b"test/I-AUROC" in record and b"bank_size" in record
+
+
+@pytest.mark.parametrize("preset", ["onenip_table4a", "onenip_table4b", "onenip_table4c", "onenip_table3"])
+def test_paper_sweep_presets_compose(preset):
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"sweep={preset}"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.params
+        assert params["method"] == "onenip" and len(params) >= 2
+        if preset == "onenip_table4a":
+            rows = params["+onenip_ablation"].split(",")
+            assert len(rows) == 6
+            for row in rows:  # every row is a config that exists and sets the three switches
+                m = compose("train", overrides=["method=onenip", f"+onenip_ablation={row}"]).method
+                assert {"decoder", "restoration", "refiner"} <= set(m)
+                assert m.decoder in ("query", "static", "dynamic")
