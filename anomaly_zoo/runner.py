@@ -177,6 +177,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.dataset)
     method = instantiate_method(cfg)
+    datamodule.use_train_split = method.requires_training
     collector = EvaluationCollector()
     callbacks: list = [collector]
     if fit and method.requires_training:

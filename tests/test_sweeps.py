@@ -123,3 +123,7 @@ def test_paper_sweep_presets_compose(preset):
                 m = compose("train", overrides=["method=onenip", f"+onenip_ablation={row}"]).method
                 assert {"decoder", "restoration", "refiner"} <= set(m)
                 assert m.decoder in ("query", "static", "dynamic")
+        if preset == "onenip_table4b":
+            for row in params["+onenip_depth"].split(","):
+                m = compose("train", overrides=["method=onenip", f"+onenip_depth={row}"]).method
+                assert row == f"e{m.encoder_layers}d{m.decoder_layers}"

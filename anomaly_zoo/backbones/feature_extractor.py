@@ -74,6 +74,7 @@ class FeatureExtractor(nn.Module):
         weights: str = "hub",
         weights_path: str | None = None,
         normalization: str = "imagenet",
+        model_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         if normalization not in NORMALIZATIONS:
@@ -86,9 +87,10 @@ class FeatureExtractor(nn.Module):
             "weights": weights,
             "weights_path": weights_path,
             "normalization": normalization,
+            "model_kwargs": dict(model_kwargs or {}),
         }
         self.model = _create_timm_model(
-            timm_name, weights, weights_path, features_only=True, out_indices=tuple(out_indices)
+            timm_name, weights, weights_path, features_only=True, out_indices=tuple(out_indices), **(model_kwargs or {})
         )
         self.model.eval().requires_grad_(False)
         mean, std = NORMALIZATIONS[normalization]

@@ -73,6 +73,8 @@ class AnomalyDataModule(LightningDataModule):
         }
         self.normal_test_ratio = normal_test_ratio
         self.categories = self._resolve_categories(category, categories)
+        #: False for training-free methods: the train split is not indexed (it need not even exist on disk).
+        self.use_train_split = True
         self.train_dataset: AnomalyImageDataset | None = None
         self.val_dataset: AnomalyImageDataset | None = None
         self.test_dataset: AnomalyImageDataset | None = None
@@ -110,7 +112,11 @@ class AnomalyDataModule(LightningDataModule):
             return
         train, val, test = [], [], []
         for category in self.categories:
-            cat_train, cat_test = self._index(category, "train"), self._index(category, "test")
+            cat_test = self._index(category, "test")
+            if not self.use_train_split:
+                test += sorted(cat_test, key=lambda s: s.image_path)
+                continue
+            cat_train = self._index(category, "train")
             if self.name == "folder" and not any(s.label == 0 for s in cat_test):
                 # No normal_test_dir: hold out normals for testing, as anomalib's Folder datamodule does.
                 held = set(self._held_out(len(cat_train), self.normal_test_ratio).tolist())

@@ -60,3 +60,10 @@ def test_local_weights_file_is_loaded(tmp_path):
     save_file(state, str(tmp_path / "r18.safetensors"))
     fx = FeatureExtractor("r18", "resnet18", [1], weights="file", weights_path=str(tmp_path / "r18.safetensors"))
     assert torch.equal(fx.model.conv1.weight, state["conv1.weight"])
+
+
+def test_dino_vits8_gives_32x32_patch_tokens_at_256():
+    # DIVAD's extractor: last-layer patch tokens, CLS dropped (random weights here: the shape is what is tested).
+    fx = FeatureExtractor("dino", "vit_small_patch8_224.dino", [-1], weights="random", model_kwargs={"img_size": 256})
+    (tokens,) = fx(torch.rand(1, 3, 256, 256))
+    assert tokens.shape == (1, 384, 32, 32) and fx.channels == [384]

@@ -1,0 +1,121 @@
+"""DIVAD on a tiny random Stable Diffusion stack (the offline test fixture): bookkeeping, updates, the whole run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from anomaly_zoo.methods.divad.lightning_model import humanize
+from anomaly_zoo.methods.divad.masks import foreground_from_features
+from anomaly_zoo.methods.divad.models import DiffusionWeightsError, load_stable_diffusion, tiny_random_stable_diffusion
+from anomaly_zoo.methods.divad.pipeline import DiffusionReconstructor, InversionSchedule
+
+
+@pytest.fixture(scope="module")
+def parts():
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        return tiny_random_stable_diffusion()
+
+
+class _ZeroUNet(torch.nn.Module):
+    """Stands in for the UNet with ε ≡ 0: DDIM inversion then denoising must give back the latent exactly."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.inner = unet
+
+    def forward(self, latents, t, encoder_hidden_states):
+        return type("Out", (), {"sample": torch.zeros_like(latents)})()
+
+
+def test_timestep_bookkeeping_paper_and_official(parts):
+    paper = DiffusionReconstructor(parts, InversionSchedule.paper(50, 10), resolution=64)
+    assert paper.inversion_timesteps().tolist() == list(range(1, 182, 20))  # only the T'=10 needed steps
+    assert paper.sampling_timesteps().tolist() == list(range(181, 0, -20))  # denoise from the matching t
+    official = DiffusionReconstructor(parts, InversionSchedule.official(), resolution=64)
+    assert official.inversion_timesteps()[-1] == 161 and official.sampling_timesteps()[0] == 591
+    assert len(official.sampling_timesteps()) == 60  # the published script's mismatched grids
+
+
+def test_zero_unet_round_trip_is_exact(parts):
+    recon = DiffusionReconstructor(parts, InversionSchedule.paper(50, 10), resolution=64)
+    recon.parts.unet = _ZeroUNet(parts.unet)
+    try:
+        latents = torch.randn(2, 4, 8, 8)
+        cond = uncond = torch.zeros(2, 77, 32)
+        noisy = recon.invert(latents, cond, uncond)
+        assert not torch.allclose(noisy, latents)
+        assert torch.allclose(recon.denoise(noisy, cond, uncond), latents, atol=1e-5)
+    finally:
+        recon.parts.unet = recon.parts.unet.inner
+
+
+def test_scheduler_steps_equal_the_ddim_formula(parts):
+    recon = DiffusionReconstructor(parts, InversionSchedule.paper(50, 10), resolution=64)
+    alphas = recon.sampler.alphas_cumprod
+    x, eps = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    recon.sampler.set_timesteps(50)
+    a_t, a_prev = alphas[181], alphas[161]
+    by_hand = a_prev.sqrt() * (x - (1 - a_t).sqrt() * eps) / a_t.sqrt() + (1 - a_prev).sqrt() * eps
+    assert torch.allclose(recon.sampler.step(eps, 181, x, eta=0.0).prev_sample, by_hand, atol=1e-5)
+    recon.inverter.set_timesteps(50)  # inversion 161 → 181 with ε at the target t
+    by_hand_inv = a_t.sqrt() * (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt() + (1 - a_t).sqrt() * eps
+    assert torch.allclose(recon.inverter.step(eps, 181, x).prev_sample, by_hand_inv, atol=1e-5)
+
+
+def test_text_embeddings_are_computed_once_per_prompt(parts):
+    recon = DiffusionReconstructor(parts, InversionSchedule.paper(50, 2), resolution=64)
+    calls = []
+    original = parts.text_encoder.forward
+    parts.text_encoder.forward = lambda ids, *a, **k: (calls.append(len(ids)), original(ids, *a, **k))[1]
+    try:
+        recon(torch.rand(3, 3, 64, 64), ["an image of a coin"] * 3)
+        recon(torch.rand(2, 3, 64, 64), ["an image of a coin", "an image of a logo"])
+    finally:
+        parts.text_encoder.forward = original
+    assert calls == [1, 1, 1]  # the coin prompt, the empty negative prompt, then only the new logo prompt
+
+
+def test_prompts_and_foreground_masks():
+    assert humanize("metal_nut") == "metal nut"
+    feats = torch.zeros(1, 8, 10, 10)
+    feats[:, :, 3:7, 3:7] = 1.0  # an object in the middle, background at the border
+    feats += 0.01 * torch.randn_like(feats)
+    fg = foreground_from_features(feats, 20)
+    assert fg[0, 8:12, 8:12].all() and fg[0, :4].sum() == 0
+
+
+def test_hub_model_fails_fast_offline_naming_the_model(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DiffusionWeightsError, match=r"stabilityai/stable-diffusion-2-1-base.*backbone.model_id="):
+        load_stable_diffusion("stabilityai/stable-diffusion-2-1-base")
+
+
+DIVAD_TINY = [
+    "method=divad", "backbone=sd_tiny_random", "dataset.categories=[logo,brick]", "dataset.image_size=64",
+    "method.resolution=64", "method.map_size=64", "method.num_steps=50", "method.start_steps=3",
+    "method.feature_extractor.name=lite0", "method.feature_extractor.timm_name=tf_efficientnet_lite0",
+    "method.feature_extractor.weights=package", "method.feature_extractor.normalization=tf",
+    "method.feature_extractor.out_indices=[3]", "~method.feature_extractor.model_kwargs",
+    "method.mask=dino_foreground", "eval.heatmaps_per_category=1",
+]  # fmt: skip
+
+
+def test_whole_divad_run_writes_complete_results(compose_cfg, tmp_path):
+    from anomaly_zoo.runner import run
+
+    cfg = compose_cfg("test", DIVAD_TINY)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        out = run(cfg, fit=False)
+    res = json.loads(Path(out["results_path"]).read_text())
+    assert res["method"] == "divad" and list(res["categories"]) == ["logo", "brick"]
+    assert all(0 <= v <= 1 for row in res["categories"].values() for v in row.values())
+    assert res["inversion_timesteps"] == [1, 21, 41] and res["sampling_start_timestep"] == 41
+    assert res["schedule"] == "paper" and res["mask"] == "dino_foreground"
+    assert len(list((tmp_path / "heatmaps").glob("*.png"))) == 2
