@@ -83,7 +83,7 @@ def main() -> None:
         fast(chunk, ["an image of a bottle"] * len(chunk))
     sync()
     fast_ips = args.images / (time.perf_counter() - start)
-    print(f"(a) pipeline: {fast_ips:.3f} images/s (batch {args.batch}, {args.dtype}, T'=10), peak {_peak(device)}")
+    print(f"(a) pipeline: {fast_ips:.4f} images/s (batch {args.batch}, {args.dtype}, T'=10), peak {_peak(device)}")
     del fast, fast_parts
 
     naive_parts = sd21_base_random(torch.float32).to(device)
@@ -99,7 +99,7 @@ def main() -> None:
     sync()
     naive_ips = args.naive_images / (time.perf_counter() - start)
     print(
-        f"(b) naive loop (batch 1, fp32, 48 inversion + 60 sampling calls): {naive_ips:.3f} images/s, "
+        f"(b) naive loop (batch 1, fp32, 48 inversion + 60 sampling calls): {naive_ips:.4f} images/s, "
         f"peak {_peak(device)}"
     )
     print(f"speed-up: {fast_ips / naive_ips:.1f}x")

@@ -106,7 +106,11 @@ def test_training_with_wandb_offline_logs_config_metrics_and_heatmaps(compose_cf
     assert b"test/I-AUROC" in record and b"bank_size" in record
 
 
-@pytest.mark.parametrize("preset", ["onenip_table4a", "onenip_table4b", "onenip_table4c", "onenip_table3"])
+@pytest.mark.parametrize(
+    "preset",
+    ["onenip_table4a", "onenip_table4b", "onenip_table4c", "onenip_table3", "divad_table4", "divad_table5",
+     "divad_table6"],
+)  # fmt: skip
 def test_paper_sweep_presets_compose(preset):
     from hydra import compose, initialize_config_dir
 
@@ -115,7 +119,11 @@ def test_paper_sweep_presets_compose(preset):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"sweep={preset}"], return_hydra_config=True)
         params = cfg.hydra.sweeper.params
-        assert params["method"] == "onenip" and len(params) >= 2
+        assert params["method"] == preset.split("_")[0] and len(params) >= 2
+        for key, value in params.items():  # every swept group option exists
+            if key.startswith("+"):
+                for option in value.split(","):
+                    compose("train", overrides=[f"method={params['method']}", f"{key}={option}"])
         if preset == "onenip_table4a":
             rows = params["+onenip_ablation"].split(",")
             assert len(rows) == 6

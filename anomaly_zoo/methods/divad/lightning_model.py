@@ -41,6 +41,10 @@ class DIVAD(AnomalyMethod):
         score_kernel: int = 8,
         score_repeats: int = 8,
         seed: int = 0,
+        channels_last: bool = False,
+        compile_unet: bool = False,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(diffusion, StableDiffusionParts):
@@ -57,6 +61,15 @@ class DIVAD(AnomalyMethod):
         if not 0 < start_steps <= num_steps:
             raise ValueError(f"method.start_steps={start_steps} must be in 1..num_steps={num_steps}")
         self.save_hyperparameters(ignore=["diffusion", "feature_extractor"])
+        # Speed/memory switches (GPU): channels_last UNet, torch.compile, VAE slicing/tiling when memory is short.
+        if channels_last:
+            diffusion.unet.to(memory_format=torch.channels_last)
+        if compile_unet:
+            diffusion.unet = torch.compile(diffusion.unet)
+        if vae_slicing:
+            diffusion.vae.enable_slicing()
+        if vae_tiling:
+            diffusion.vae.enable_tiling()
         plan = InversionSchedule.paper(num_steps, start_steps) if schedule == "paper" else InversionSchedule.official()
         self.reconstructor = DiffusionReconstructor(diffusion, plan, guidance_scale, resolution, sample_latent, seed)
         self.extractor = feature_extractor
