@@ -193,7 +193,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
             calibrate_and_record(method, datamodule, out / "checkpoints", cfg.eval.threshold_false_alarm_rate)
     elif cfg.get("ckpt_path"):
         load_checkpoint_weights(method, cfg.ckpt_path)
-    elif method.requires_training and not cfg.get("ckpt_path"):
+    elif method.requires_training:
         raise ValueError(
             f"method {method_name(cfg)} must be trained: run anomaly_zoo.train, "
             "or pass ckpt_path=/path/to/checkpoint.ckpt to anomaly_zoo.test"

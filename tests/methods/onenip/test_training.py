@@ -108,3 +108,15 @@ def test_unknown_class_images_get_a_prompt_by_similarity(compose_cfg, tmp_path):
     out = method.eval().predict_batch(batch["image"], [""] * len(batch["path"]))  # predict: class unknown
     assert set(out["categories"]) <= {"logo", "coin"} and len(out["categories"]) == len(batch["path"])
     assert out["anomaly_maps"].shape == (len(batch["path"]), 64, 64)
+
+
+def test_validation_split_gives_best_checkpoint_threshold_and_transductive_option(compose_cfg, tmp_path):
+    _run(compose_cfg, ["dataset.val_ratio=0.2", "trainer.limit_train_batches=2", "method.max_epochs=2"], tmp_path / "f")
+    best = read_checkpoint(tmp_path / "f" / "checkpoints" / "best.ckpt")
+    assert best["threshold"]["rule"] == "false_alarm_rate" and best["threshold"]["validation_images"] == 12
+    ckpt = f"ckpt_path={tmp_path / 'f' / 'checkpoints' / 'last.ckpt'}"
+    _, calibrated = _run(compose_cfg, [ckpt], tmp_path / "c", False, "test")
+    _, transductive = _run(compose_cfg, [ckpt, "method.score_scaling=transductive"], tmp_path / "t", False, "test")
+    res = json.loads(Path(transductive["results_path"]).read_text())
+    assert res["score_scaling"] == "transductive"  # flagged in results.json: it reads test data
+    assert calibrated["per_category"] != transductive["per_category"]
