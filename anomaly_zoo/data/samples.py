@@ -74,18 +74,23 @@ def _diagnose_masks(category_dir: Path) -> str:
     )
 
 
-def index_category(info: DatasetInfo, root: Path, category: str, split: str) -> list[Sample]:
-    """Samples of one category and split ("train" or "test"), sorted by path."""
-    if not root.is_dir():
-        raise DatasetLayoutError(_missing_root_message(info, root))
-    check_category(info, root, category)
-    frame = _anomalib_samples(info, root, category, split)
+def _samples_from_frame(frame, category: str) -> list[Sample]:
+    """anomalib's samples DataFrame → `Sample`s sorted by path (no mask path → None)."""
     samples = []
     for row in frame.itertuples():
         mask = getattr(row, "mask_path", None)
         mask = mask if isinstance(mask, str) and mask else None
         samples.append(Sample(str(row.image_path), mask, int(row.label_index), category))
     return sorted(samples, key=lambda s: s.image_path)
+
+
+def index_category(info: DatasetInfo, root: Path, category: str, split: str) -> list[Sample]:
+    """Samples of one category and split ("train" or "test"), sorted by path."""
+    if not root.is_dir():
+        raise DatasetLayoutError(_missing_root_message(info, root))
+    check_category(info, root, category)
+    frame = _anomalib_samples(info, root, category, split)
+    return _samples_from_frame(frame, category)
 
 
 def index_folder(
@@ -123,9 +128,4 @@ def index_folder(
         ).samples
     except Exception as err:
         raise DatasetLayoutError(f"cannot index folder dataset at {root}: {type(err).__name__}: {err}") from err
-    samples = []
-    for row in frame.itertuples():
-        mask = getattr(row, "mask_path", None)
-        mask = mask if isinstance(mask, str) and mask else None
-        samples.append(Sample(str(row.image_path), mask, int(row.label_index), category))
-    return sorted(samples, key=lambda s: s.image_path)
+    return _samples_from_frame(frame, category)
