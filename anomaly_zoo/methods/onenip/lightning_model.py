@@ -143,10 +143,15 @@ class OneNIP(AnomalyMethod):
         prompt = encoded[n:].repeat(repeats, 1, 1)
         return t.untokens(t.decode(encoded[:n], prompt))
 
+    @staticmethod
+    def reconstruction_error_map(feats: torch.Tensor, rec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """S_rec: the L2 reconstruction error over channels, upsampled to (N, H, W) as the official code."""
+        rec_map = (rec - feats).norm(dim=1, keepdim=True)
+        return F.interpolate(rec_map, size=size, mode="bilinear", align_corners=True)[:, 0]
+
     def score_maps(self, feats: torch.Tensor, rec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Fused anomaly maps (N, H, W) at image resolution."""
-        rec_map = (rec - feats).norm(dim=1, keepdim=True)
-        rec_map = F.interpolate(rec_map, size=size, mode="bilinear", align_corners=True)[:, 0]
+        rec_map = self.reconstruction_error_map(feats, rec, size)
         if self.refiner is None:
             return rec_map
         ref = torch.sigmoid(self.refiner((rec - feats).abs(), size))
@@ -312,9 +317,7 @@ class OneNIP(AnomalyMethod):
             images = batch["image"].to(self.device)
             feats = self.features(images)
             rec = self.reconstruct(feats, self._prompts_for_test(feats, batch["category"]), jitter=False)
-            rec_map = F.interpolate(
-                (rec - feats).norm(dim=1, keepdim=True), size=images.shape[-2:], mode="bilinear", align_corners=True
-            )
+            rec_map = self.reconstruction_error_map(feats, rec, tuple(images.shape[-2:]))
             lo, hi = min(lo, float(rec_map.min())), max(hi, float(rec_map.max()))
         return (lo + hi) / 2
 
