@@ -24,6 +24,7 @@ lint:
 bench:
 	$(PY) experiments/bench_metrics.py
 	$(PY) experiments/bench_onenip.py
+	$(PY) experiments/bench_coreset.py
 
 clean-data:
 	rm -rf data/synthetic

@@ -135,3 +135,17 @@ def test_paper_sweep_presets_compose(preset):
             for row in params["+onenip_depth"].split(","):
                 m = compose("train", overrides=["method=onenip", f"+onenip_depth={row}"]).method
                 assert row == f"e{m.encoder_layers}d{m.decoder_layers}"
+
+
+@pytest.mark.parametrize(
+    ("preset", "key"), [("leaderboard_synthetic", "experiment"), ("leaderboard_baselines", "method")]
+)
+def test_leaderboard_presets_run_baseline_patchcore_padim_and_onenip(preset, key):
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        options = compose("train", overrides=[f"sweep={preset}"], return_hydra_config=True).hydra.sweeper.params[key]
+        names = {compose("train", overrides=[f"{key}={option}"]).method.name for option in options.split(",")}
+    assert names == {"patch_knn", "patchcore", "padim", "onenip"}
