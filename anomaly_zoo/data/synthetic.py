@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump on any change to the generated images: older copies are regenerated
 SIZE = 256
 TEXTURE_CATEGORIES = ("brick", "grass", "gravel")
 OBJECT_CATEGORIES = ("coin", "logo", "horse")
@@ -32,6 +32,7 @@ CATEGORIES = TEXTURE_CATEGORIES + OBJECT_CATEGORIES
 TEXTURE_DEFECTS = ("foreign_patch", "scratch", "stain")
 OBJECT_DEFECTS = ("foreign_patch", "scratch", "stain", "missing_piece")
 MARKER = "synthetic_dataset.json"
+FOREIGN_PATCH_MIN_STD = 20.0  # grey levels
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ class SyntheticSizes:
     """How many images per category: train (normal only), test normal, test per defect type."""
 
     train: int = 30
-    test_good: int = 10
-    test_per_defect: int = 4
+    test_good: int = 20
+    test_per_defect: int = 5
 
 
 # ---------------------------------------------------------------- sources (grey or RGB float32 in [0, 255])
@@ -179,9 +180,11 @@ def _foreign_patch(rng, img, fg, sources: _Sources, category: str):
     other = [c for c in TEXTURE_CATEGORIES if c != category]
     patch = _rgb(_resize(_random_crop(rng, sources.textures[other[int(rng.integers(len(other)))]], 300), (SIZE, SIZE)))
     region = img[mask]
-    # Match mean and spread of the covered region: the defect differs in structure, not in brightness.
+    # Match the covered region's mean and (at least) its spread: the defect differs in structure, not in
+    # brightness. The spread has a floor, so a patch on a smooth surface (the horse's coat) keeps a visible grain.
     patch_vals = patch[mask]
-    patch_vals = (patch_vals - patch_vals.mean(0)) / (patch_vals.std(0) + 1e-6) * region.std(0) + region.mean(0)
+    spread = np.maximum(region.std(0), FOREIGN_PATCH_MIN_STD)
+    patch_vals = (patch_vals - patch_vals.mean(0)) / (patch_vals.std(0) + 1e-6) * spread + region.mean(0)
     img[mask] = patch_vals
     return img, mask
 
@@ -190,7 +193,7 @@ def _scratch(rng, img, fg, sources, category):
     canvas = Image.new("L", (SIZE, SIZE), 0)
     ys, xs = np.nonzero(ndimage.binary_erosion(fg, iterations=12) if fg.sum() > 5000 else fg)
     k = int(rng.integers(ys.size))
-    length, angle = rng.uniform(25, 60), rng.uniform(0, np.pi)
+    length, angle = rng.uniform(35, 70), rng.uniform(0, np.pi)
     bend = rng.uniform(-8, 8)
     pts = []
     for t in np.linspace(-0.5, 0.5, 12):
@@ -200,17 +203,20 @@ def _scratch(rng, img, fg, sources, category):
                 float(ys[k] + t * length * np.sin(angle) + bend * (1 - 4 * t * t) * np.cos(angle)),
             )
         )
-    ImageDraw.Draw(canvas).line(pts, fill=255, width=int(rng.integers(2, 4)))
+    ImageDraw.Draw(canvas).line(pts, fill=255, width=int(rng.integers(3, 6)))
     mask = (np.asarray(canvas) > 0) & fg
-    sign = 1.0 if rng.random() < 0.5 else -1.0
-    img[mask] = img[mask] + sign * rng.uniform(28, 45)
+    # A scratch exposes material of another brightness: blend towards a level that contrasts with the surface
+    # it crosses (a fixed offset vanished in grass and gravel, whose own grain spans most of the grey range).
+    target = 25.0 if img[mask].mean() > 128 else 230.0
+    strength = rng.uniform(0.55, 0.8)
+    img[mask] = img[mask] * (1 - strength) + target * strength
     return img, mask
 
 
 def _stain(rng, img, fg, sources, category):
     mask = _blob(rng, fg, (10, 22))
-    tint = rng.uniform(0.8, 1.2, size=3)
-    tint = np.where(np.abs(tint - 1) < 0.1, 1 + np.sign(tint - 1 + 1e-9) * 0.12, tint)
+    tint = rng.uniform(0.75, 1.25, size=3)
+    tint = np.where(np.abs(tint - 1) < 0.15, 1 + np.sign(tint - 1 + 1e-9) * 0.15, tint)
     img[mask] = img[mask] * tint.astype(np.float32)
     return img, mask
 
@@ -279,21 +285,22 @@ def ensure_synthetic_dataset(root: str | Path, seed: int = 0, sizes: SyntheticSi
     """Generate the dataset into `root` unless an identical one (same version, seed, sizes) is there.
 
     Writes into a temporary sibling directory and renames it into place, so an interrupted run never
-    leaves a half-written dataset. A `root` that exists but was not written by this generator is
-    never touched: that is an error.
+    leaves a half-written dataset. A copy this generator wrote with other settings or an older
+    GENERATOR_VERSION (its marker says so) is regenerated in place. A `root` that exists but was not
+    written by this generator is never touched: that is an error.
     """
     root = Path(root)
     sizes = sizes or SyntheticSizes()
     wanted = _marker(seed, sizes)
     marker = root / MARKER
-    if marker.is_file():
-        if json.loads(marker.read_text()) == json.loads(json.dumps(wanted)):
+    stale = marker.is_file()
+    if stale:
+        found = json.loads(marker.read_text())
+        if found == json.loads(json.dumps(wanted)):
             return root
-        raise FileExistsError(
-            f"{root} holds a synthetic dataset generated with other settings ({marker.read_text().strip()}); "
-            f"wanted {json.dumps(wanted)}. Delete it (make clean-data) or point dataset.root elsewhere."
-        )
-    if root.exists() and any(root.iterdir()):
+        log.warning("%s holds a synthetic dataset generated with other settings (%s): regenerating it with %s",
+                    root, json.dumps(found), json.dumps(wanted))  # fmt: skip
+    elif root.exists() and any(root.iterdir()):
         raise FileExistsError(
             f"{root} exists and is not a generated synthetic dataset (no {MARKER}); refusing to write into it. "
             "Point dataset.root at an empty or new directory."
@@ -305,9 +312,15 @@ def ensure_synthetic_dataset(root: str | Path, seed: int = 0, sizes: SyntheticSi
         for category in tqdm(CATEGORIES, desc=f"generating synthetic dataset in {root}", unit="category"):
             _write_category(tmp, category, sources, seed, sizes)
         (tmp / MARKER).write_text(json.dumps(wanted, indent=1))
-        if root.exists():
-            root.rmdir()  # empty (checked above)
-        tmp.rename(root)
+        if stale:  # our own older copy: move it aside, put the new one in place, then delete the old one
+            old = Path(tempfile.mkdtemp(prefix=".synthetic-old-", dir=root.parent))
+            root.rename(old / "synthetic")
+            tmp.rename(root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if root.exists():
+                root.rmdir()  # empty (checked above)
+            tmp.rename(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -71,6 +71,23 @@ def test_masks_mark_exactly_the_changed_pixels(tmp_path):
             assert changed[mask].mean() > 0.9, f"{category}/{defect}: mask covers unchanged pixels"
 
 
+def test_an_older_or_different_copy_is_regenerated(tmp_path):
+    # A copy this generator wrote (its marker says so) with other settings or an older generator version is
+    # replaced by a fresh one, so a generator change never leaves stale images behind.
+    import json
+
+    fresh = ensure_synthetic_dataset(tmp_path / "fresh", seed=4, sizes=TINY)
+    root = ensure_synthetic_dataset(tmp_path / "data", seed=3, sizes=TINY)
+    assert _digest(ensure_synthetic_dataset(root, seed=4, sizes=TINY)) == _digest(fresh)
+    marker = root / "synthetic_dataset.json"
+    old = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**old, "generator_version": old["generator_version"] - 1}))
+    (root / "brick" / "train" / "good" / "000.png").unlink()
+    assert ensure_synthetic_dataset(root, seed=4, sizes=TINY) == root
+    assert json.loads(marker.read_text()) == old and _digest(root) == _digest(fresh)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "fresh"], "no temporary folders left behind"
+
+
 def test_refuses_to_write_into_a_foreign_folder(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
