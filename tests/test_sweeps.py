@@ -149,3 +149,24 @@ def test_leaderboard_presets_run_baseline_patchcore_padim_and_onenip(preset, key
         options = compose("train", overrides=[f"sweep={preset}"], return_hydra_config=True).hydra.sweeper.params[key]
         names = {compose("train", overrides=[f"{key}={option}"]).method.name for option in options.split(",")}
     assert names == {"patch_knn", "patchcore", "padim", "onenip"}
+
+
+def test_leaderboard_labels_name_only_what_tells_runs_apart(tmp_path):
+    from anomaly_zoo.reporting.leaderboard import RunRecord, _flatten, label_runs
+
+    def record(method: str, config: dict) -> RunRecord:
+        return RunRecord(tmp_path, method, "synthetic", "ok", "", {}, {}, config, flat=_flatten(config))
+
+    runs = [
+        record("patch_knn", {"method": {"name": "patch_knn", "bank_size": 1024}, "dataset": {"image_size": 256}}),
+        record("patch_knn", {"method": {"name": "patch_knn", "bank_size": 4096}, "dataset": {"image_size": 256}}),
+        record("padim", {"method": {"name": "padim", "model": {"n_features": 100}}, "dataset": {"image_size": 256}}),
+        record("onenip", {"method": {"name": "onenip", "hidden": 128}, "dataset": {"image_size": 128}}),
+    ]
+    label_runs(runs)
+    assert [r.label for r in runs] == [
+        "patch_knn bank_size=1024 dataset.image_size=256",
+        "patch_knn bank_size=4096 dataset.image_size=256",
+        "padim dataset.image_size=256",  # its own keys do not vary between padim runs: the name says enough
+        "onenip dataset.image_size=128",
+    ]

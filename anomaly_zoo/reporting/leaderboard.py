@@ -66,12 +66,24 @@ def collect_runs(folders: Iterable[str | Path]) -> list[RunRecord]:
 
 
 def label_runs(runs: list[RunRecord]) -> None:
-    """Label = method + the config values that differ between the runs of one table."""
+    """Label = method + the config values that tell its runs apart in one table.
+
+    `method.*` keys count when they differ between runs of the same method (keys that differ only because the
+    methods differ add nothing to the method's name); other keys (dataset, trainer, ...) when they differ across the
+    table and the run has them.
+    """
+
+    def varies(group: list[RunRecord], key: str) -> bool:
+        return len({json.dumps(r.flat.get(key), default=str) for r in group}) > 1
+
     keys = sorted({k for r in runs for k in r.flat if not k.startswith(_IGNORED_PREFIXES)})
-    varying = [k for k in keys if len({json.dumps(r.flat.get(k), default=str) for r in runs}) > 1]
-    for r in runs:
-        parts = [f"{k.removeprefix('method.')}={r.flat.get(k)}" for k in varying if not k.startswith("method._target_")]
-        r.label = " ".join([r.method, *[p for p in parts if not p.startswith("name=")]])
+    shared = [k for k in keys if not k.startswith("method.") and varies(runs, k)]
+    for method in {r.method for r in runs}:
+        group = [r for r in runs if r.method == method]
+        own = [k for k in keys if k.startswith("method.") and not k.startswith("method._target_") and varies(group, k)]
+        for r in group:
+            parts = [f"{k.removeprefix('method.')}={r.flat[k]}" for k in own + shared if r.flat.get(k) is not None]
+            r.label = " ".join([r.method, *[p for p in parts if not p.startswith("name=")]])
 
 
 def _fmt(value: float | None) -> str:
