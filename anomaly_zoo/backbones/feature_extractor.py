@@ -98,6 +98,10 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @property
+    def timm_name(self) -> str:
+        return self._init_kwargs["timm_name"]
+
+    @property
     def out_indices(self) -> list[int]:
         return list(self._init_kwargs["out_indices"])
 

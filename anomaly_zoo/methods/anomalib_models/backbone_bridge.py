@@ -20,7 +20,6 @@ from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 from torch import nn
 
 from anomaly_zoo.backbones import FeatureExtractor
-from anomaly_zoo.backbones.feature_extractor import NORMALIZATIONS
 
 BACKBONE_SOURCES = ("auto", "framework", "model")
 
@@ -46,7 +45,7 @@ def framework_backbone_arguments(cls: type, model_args: dict[str, Any], backbone
             "choose the backbone with the `backbone=` config group (e.g. backbone=efficientnet_lite0), or set "
             "method.backbone_source=model to let anomalib load that timm name itself."
         )
-    args = {"backbone": backbone._init_kwargs["timm_name"]}
+    args = {"backbone": backbone.timm_name}
     if accepts(cls, "layers") and "layers" not in model_args:
         args["layers"] = backbone.out_indices  # timm stage indices; anomalib accepts ints as layers
     if accepts(cls, "layer") and "layer" not in model_args:  # single-layer models (DFM)
@@ -82,7 +81,7 @@ def load_framework_weights(model: nn.Module, backbone: FeatureExtractor, request
 
     Returns how many were filled; an error when the model has no extractor of that architecture at all.
     """
-    timm_name = backbone._init_kwargs["timm_name"]
+    timm_name = backbone.timm_name
     filled = found = 0
     for module in model.modules():
         if not isinstance(module, TimmFeatureExtractor) or module.backbone != timm_name:
@@ -104,11 +103,6 @@ def load_framework_weights(model: nn.Module, backbone: FeatureExtractor, request
             "would run with random weights. Use method.backbone_source=model for this model."
         )
     return filled
-
-
-def framework_normalization(backbone: FeatureExtractor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = NORMALIZATIONS[backbone._init_kwargs["normalization"]]
-    return torch.tensor(mean), torch.tensor(std)
 
 
 def model_normalization(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,6 @@ from anomaly_zoo.methods.anomalib_models.backbone_bridge import (
     AnomalibModelError,
     accepts,
     framework_backbone_arguments,
-    framework_normalization,
     load_framework_weights,
     model_normalization,
     pretrained_requests,
@@ -37,8 +36,6 @@ from anomaly_zoo.methods.patch_knn.torch_model import greedy_coreset
 
 ALL = "_all_"  # the key of the single model when one model serves every category
 CORESETS = ("anomalib", "fast")
-# Hooks anomalib models implement for training (memory-bank fitting, centroid initialisation, ...).
-_TRAIN_HOOKS = ("on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_epoch_end", "on_fit_end")
 
 
 def _has_optimizer(model: nn.Module) -> bool:
@@ -86,9 +83,10 @@ class AnomalibMethod(AnomalyMethod):
 
         self.models = nn.ModuleDict()
         first, own_normalization = self._build()  # also tells the learning type and trainer arguments
-        mean, std = framework_normalization(backbone) if self._framework_backbone else own_normalization
-        self.register_buffer("mean", mean.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", std.view(1, 3, 1, 1), persistent=False)
+        # the framework backbone normalises as it was trained: reuse its own statistics
+        mean, std = (backbone.mean, backbone.std) if self._framework_backbone else own_normalization
+        self.register_buffer("mean", mean.reshape(1, 3, 1, 1).clone(), persistent=False)
+        self.register_buffer("std", std.reshape(1, 3, 1, 1).clone(), persistent=False)
         self.requires_training = first.learning_type != LearningType.ZERO_SHOT
         self.has_optimizer = _has_optimizer(first)
         if per_category and self.has_optimizer:
@@ -116,7 +114,10 @@ class AnomalibMethod(AnomalyMethod):
             "visualizer": False,
             **self._model_args,
         }
-        timm_name = self._framework_backbone[0]._init_kwargs["timm_name"] if self._framework_backbone else None
+        unknown = sorted(k for k in self._model_args if not accepts(self.model_cls, k))
+        if unknown:  # before building: a typo should not cost a model (or a download)
+            raise TypeError(f"anomalib's {self.model_cls.__name__} has no argument(s) {unknown} (method.model.*)")
+        timm_name = self._framework_backbone[0].timm_name if self._framework_backbone else None
         with torch.random.fork_rng(devices=[]), pretrained_requests(timm_name) as requested:
             torch.manual_seed(self.hparams.seed)
             try:
@@ -127,9 +128,6 @@ class AnomalibMethod(AnomalyMethod):
                     "If it downloads weights or data, run once on a machine with network access (anomalib caches "
                     "them) or use method.backbone_source=framework with a local backbone."
                 ) from err
-        unknown = sorted(set(self._model_args) - {k for k in args if accepts(self.model_cls, k)})
-        if unknown:
-            raise TypeError(f"anomalib's {self.model_cls.__name__} has no argument(s) {unknown} (method.model.*)")
         if self._framework_backbone:
             load_framework_weights(model, self._framework_backbone[0], requested)
         normalization = model_normalization(model)
