@@ -31,10 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def output_dir(cfg: DictConfig) -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
+    """`paths.output_dir`: Hydra's run folder unless overridden; the logger, results, checkpoints and heatmaps all
+    follow it, so `paths.output_dir=...` on the command line moves everything together."""
     return Path(cfg.paths.output_dir)
 
 

@@ -87,3 +87,19 @@ def test_cli_multirun_writes_one_results_file_per_run(synthetic_root, tmp_path):
     sizes = sorted(json.loads(f.read_text())["config"]["method"]["bank_size"] for f in files)
     assert sizes == [128, 512]
     assert "| **mean** |" in proc.stdout
+
+
+def test_cli_output_dir_override_moves_results_logs_and_heatmaps_together(synthetic_root, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "chosen"
+    cmd = [
+        sys.executable, "-m", "anomaly_zoo.train", f"dataset.root={synthetic_root}", "dataset.categories=[coin]",
+        "dataset.image_size=64", "method.sampling=random", "method.bank_size=64", "logger=csv",
+        "trainer.enable_progress_bar=false", "eval.heatmaps_per_category=1", f"paths.output_dir={out}",
+        f"hydra.run.dir={tmp_path}/hydra_run",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "results.json").is_file() and list((out / "heatmaps").glob("*.png"))
+    assert list(out.glob("csv/*/metrics.csv")) or list(out.glob("csv/*/hparams.yaml"))
+    assert not (tmp_path / "hydra_run" / "results.json").exists()

@@ -72,6 +72,7 @@ class OneNIP(AnomalyMethod):
         max_epochs: int = 1000,
         grad_clip: float = 0.1,
         cache_features: bool = False,
+        standardize_features: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -99,6 +100,7 @@ class OneNIP(AnomalyMethod):
         self.register_buffer("pool_features", torch.empty(0, self.neck.channels, *grid))
         self.register_buffer("pool_category", torch.empty(0, dtype=torch.long))
         self.register_buffer("rec_scale", torch.tensor(1.0))
+        self.register_buffer("feature_statistics_fitted", torch.tensor(False))
         self.pool_categories: list[str] = []
         self._rng = torch.Generator().manual_seed(seed)  # prompts and pseudo-anomalies; checkpointed
         self._train_prompts: dict[str, list[int]] = {}
@@ -165,6 +167,30 @@ class OneNIP(AnomalyMethod):
         self._train_prompts = _deduplicated_by_category(dataset.samples)
         # The pool only needs the frozen backbone: build it now so every checkpoint carries it.
         self._build_prompt_pool(dataset)
+        if self.hparams.standardize_features and not bool(self.feature_statistics_fitted):
+            self._fit_feature_statistics(dataset)  # once: a resumed run keeps its checkpoint's statistics
+
+    @torch.no_grad()
+    def _fit_feature_statistics(self, dataset, max_images: int = 256) -> None:
+        """Per-channel mean/std of the frozen features over (up to `max_images`, seeded) distinct training images.
+
+        Same seed and data on every rank, so DDP ranks agree without communication.
+        """
+        indices = [i for pool in self._train_prompts.values() for i in pool]
+        if len(indices) > max_images:
+            indices = random.Random(self.hparams.seed).sample(indices, max_images)
+        total = total_sq = None
+        count = 0
+        for start in range(0, len(indices), 16):
+            feats = self._dataset_features(dataset, indices[start : start + 16]).double()
+            flat = feats.transpose(0, 1).flatten(1)  # (C, N*h*w)
+            total = flat.sum(1) if total is None else total + flat.sum(1)
+            total_sq = (flat**2).sum(1) if total_sq is None else total_sq + (flat**2).sum(1)
+            count += flat.shape[1]
+        mean = total / count
+        std = (total_sq / count - mean**2).clamp_min(0).sqrt()
+        self.transformer.set_feature_statistics(mean.float(), std.float())
+        self.feature_statistics_fitted.fill_(True)
 
     def _losses(
         self, images: torch.Tensor, feats: torch.Tensor, prompt_feats: torch.Tensor | None, rng: torch.Generator,
@@ -257,7 +283,9 @@ class OneNIP(AnomalyMethod):
         """c = mid-range of S_rec over training images and their pseudo-anomalous copies (eval mode).
 
         The official code uses the mid-range over the whole test set, which reads test data; this uses only
-        training images (score_scaling=transductive reproduces the official behaviour, flagged as such).
+        training images (score_scaling=transductive reproduces the official behaviour, flagged as such). The range is
+        read on the token grid: bilinear upsampling to the image only interpolates between grid values, so the
+        upsampled maps the scale is applied to have (up to interpolation) the same minimum and maximum.
         """
         if self.refiner is None or self.hparams.score_scaling != "calibrated":
             return

@@ -174,6 +174,12 @@ class ReconstructionTransformer(nn.Module):
         self.decoder_kind, self.grid = decoder, tuple(grid)
         self.input_proj = nn.Linear(channels, hidden)
         self.output_proj = nn.Linear(hidden, channels)
+        # Fixed per-channel feature statistics around the two projections (identity until set_feature_statistics):
+        # a reparameterisation of the same affine maps, so the function class, the loss and the scores are
+        # unchanged. Without it the output projection must grow from xavier scale (output std ~1) to the
+        # features' own (std ~5 for EfficientNet stages), which takes Adam thousands of steps at lr 1e-4.
+        self.register_buffer("feature_mean", torch.zeros(channels))
+        self.register_buffer("feature_std", torch.ones(channels))
         self.pos = LearnedPositionEmbedding(self.grid, hidden)
         self.encoder = nn.ModuleList(EncoderLayer(hidden, heads, ffn, dropout) for _ in range(encoder_layers))
         if decoder == "dynamic":
@@ -204,8 +210,16 @@ class ReconstructionTransformer(nn.Module):
             )
         return features.flatten(2).transpose(1, 2)
 
+    @torch.no_grad()
+    def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel mean and std of the (un-jittered) training features, used around the projections."""
+        if mean.shape != self.feature_mean.shape or std.shape != self.feature_std.shape:
+            raise ValueError(f"feature statistics must have shape {tuple(self.feature_mean.shape)}")
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp_min(1e-3))  # dead (constant) channels stay finite
+
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.input_proj(tokens)
+        x = self.input_proj((tokens - self.feature_mean) / self.feature_std)
         pos = self.pos()[None]
         for layer in self.encoder:
             x = layer(x, pos, self.mask)
@@ -226,7 +240,7 @@ class ReconstructionTransformer(nn.Module):
             for layer in self.decoder:
                 out = layer(out, image, pos, self.mask, prompt)
             out = self.final_norm(out)
-        return self.output_proj(out)
+        return self.output_proj(out) * self.feature_std + self.feature_mean
 
     @property
     def uses_prompt(self) -> bool:

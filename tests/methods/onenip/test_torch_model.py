@@ -107,3 +107,26 @@ def test_feature_jitter_scale_matches_uniad():
     unit = noise / (tokens.norm(dim=-1, keepdim=True) / 32 * 20.0)
     assert unit.std().item() == pytest.approx(1.0, abs=0.05)
     assert torch.equal(add_feature_jitter(tokens, 20.0, 0.0), tokens)
+
+
+def test_feature_statistics_are_a_reparameterisation_of_the_projections():
+    """Standardising around input_proj/output_proj equals a plain model whose projections absorb the statistics."""
+    torch.manual_seed(0)
+    kwargs = dict(hidden=16, heads=2, ffn=32, encoder_layers=1, decoder_layers=1, dropout=0.0)
+    standardised = ReconstructionTransformer(6, (3, 3), "dynamic", **kwargs).eval()
+    mean, std = torch.randn(6) * 3, torch.rand(6) * 4 + 0.5
+    standardised.set_feature_statistics(mean, std)
+    plain = ReconstructionTransformer(6, (3, 3), "dynamic", **kwargs).eval()
+    state = {k: v.clone() for k, v in standardised.state_dict().items()}
+    state["feature_mean"], state["feature_std"] = torch.zeros(6), torch.ones(6)
+    w_in, b_in = state["input_proj.weight"], state["input_proj.bias"]
+    state["input_proj.weight"], state["input_proj.bias"] = w_in / std, b_in - (w_in / std) @ mean
+    w_out, b_out = state["output_proj.weight"], state["output_proj.bias"]
+    state["output_proj.weight"], state["output_proj.bias"] = w_out * std[:, None], b_out * std + mean
+    plain.load_state_dict(state)
+    x, p = torch.randn(2, 9, 6) * 5, torch.randn(2, 9, 6) * 5
+    a = standardised.decode(standardised.encode(x), standardised.encode(p))
+    b = plain.decode(plain.encode(x), plain.encode(p))
+    assert torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="shape"):
+        standardised.set_feature_statistics(torch.zeros(5), torch.ones(5))

@@ -51,6 +51,39 @@ def test_fit_test_and_reload_with_oracle_prompts(compose_cfg, tmp_path):
     assert json.loads(Path(again["results_path"]).read_text())["prompt_selection"] == "oracle"
 
 
+def test_feature_statistics_match_the_training_features_and_survive_resume(compose_cfg, tmp_path):
+    from hydra.utils import instantiate
+
+    from anomaly_zoo.methods.onenip.lightning_model import _deduplicated_by_category
+
+    common = ["method.standardize_features=true", "trainer.limit_train_batches=1"]
+    cfg, _ = _run(compose_cfg, common, tmp_path / "fit")
+    state = read_checkpoint(tmp_path / "fit" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert bool(state["feature_statistics_fitted"])
+    # Independent reference: every distinct training image through the same frozen backbone, numpy statistics.
+    datamodule = instantiate(cfg.dataset)
+    datamodule.setup("fit")
+    dataset = datamodule.train_dataset
+    indices = [i for pool in _deduplicated_by_category(dataset.samples).values() for i in pool]
+    from anomaly_zoo.runner import instantiate_method
+
+    method = instantiate_method(cfg).eval()
+    with torch.no_grad():
+        feats = method.features(torch.stack([dataset[i]["image"] for i in indices])).numpy()
+    per_channel = feats.transpose(1, 0, 2, 3).reshape(feats.shape[1], -1)
+    assert torch.allclose(state["transformer.feature_mean"], torch.from_numpy(per_channel.mean(1)), atol=1e-4)
+    assert torch.allclose(state["transformer.feature_std"], torch.from_numpy(per_channel.std(1)).clamp_min(1e-3),
+                          rtol=1e-4, atol=1e-4)  # fmt: skip
+    # A resumed run keeps the checkpoint's statistics instead of refitting them.
+    ckpt = tmp_path / "fit" / "checkpoints" / "last.ckpt"
+    raw = torch.load(ckpt, weights_only=True)
+    raw["state_dict"]["transformer.feature_mean"] += 1.0
+    torch.save(raw, tmp_path / "shifted.ckpt")
+    _run(compose_cfg, [*common, "method.max_epochs=2", f"ckpt_path={tmp_path / 'shifted.ckpt'}"], tmp_path / "resumed")
+    resumed = read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert torch.equal(resumed["transformer.feature_mean"], raw["state_dict"]["transformer.feature_mean"])
+
+
 def test_uniad_is_the_no_prompt_ablation(compose_cfg, tmp_path):
     cfg, out = _run(compose_cfg, ["method=uniad", "trainer.limit_train_batches=2"], tmp_path)
     res = json.loads(Path(out["results_path"]).read_text())
