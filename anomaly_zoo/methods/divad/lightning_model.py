@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -37,6 +38,7 @@ class DIVAD(AnomalyMethod):
         map_size: int = 256,
         mask: str = "none",
         mask_skip: str = "official",
+        cutler_mask_dir: str | None = None,
         blur_sigma: float = 5.0,
         score_kernel: int = 8,
         score_repeats: int = 8,
@@ -58,6 +60,13 @@ class DIVAD(AnomalyMethod):
             raise ValueError(f"method.mask={mask!r} is not one of {MASKS}")
         if mask_skip not in MASK_SKIP_LISTS:
             raise ValueError(f"method.mask_skip={mask_skip!r} is not one of {sorted(MASK_SKIP_LISTS)}")
+        if mask == "cutler" and not cutler_mask_dir:
+            raise ValueError(
+                "method.mask=cutler reads precomputed CutLER masks: set method.cutler_mask_dir=<folder> (README, "
+                "DIVAD, object masks), or use method.mask=dino_foreground"
+            )
+        if mask == "cutler" and not Path(cutler_mask_dir).is_dir():
+            raise FileNotFoundError(f"method.cutler_mask_dir={cutler_mask_dir}: no such folder")
         if not 0 < start_steps <= num_steps:
             raise ValueError(f"method.start_steps={start_steps} must be in 1..num_steps={num_steps}")
         self.save_hyperparameters(ignore=["diffusion", "feature_extractor"])
@@ -73,6 +82,25 @@ class DIVAD(AnomalyMethod):
         plan = InversionSchedule.paper(num_steps, start_steps) if schedule == "paper" else InversionSchedule.official()
         self.reconstructor = DiffusionReconstructor(diffusion, plan, guidance_scale, resolution, sample_latent, seed)
         self.extractor = feature_extractor
+        self._batch_paths: list[str] | None = None  # CutLER masks are looked up by image path
+
+    def test_step(self, batch: dict, batch_idx: int) -> MethodOutput:
+        self._batch_paths = list(batch["path"])
+        return super().test_step(batch, batch_idx)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> MethodOutput:
+        self._batch_paths = list(batch["path"]) if "path" in batch else None
+        return super().predict_step(batch, batch_idx)
+
+    def _object_masks(self, features: torch.Tensor, n: int) -> torch.Tensor:
+        hp = self.hparams
+        if hp.mask == "dino_foreground":
+            return foreground_from_features(features, hp.map_size)
+        if self._batch_paths is None or len(self._batch_paths) != n:
+            raise RuntimeError("method.mask=cutler needs the images' paths: run it through anomaly_zoo.test/predict")
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        root = getattr(datamodule, "root", None)
+        return cutler_masks(self._batch_paths, root, hp.cutler_mask_dir, hp.map_size).to(features.device)
 
     def prompt(self, category: str) -> str:
         template = self.hparams.prompt_template
@@ -85,7 +113,7 @@ class DIVAD(AnomalyMethod):
         maps, features = feature_dissimilarity(self.extractor, images, recons, hp.map_size)
         masks = None
         if hp.mask != "none":
-            masks = foreground_from_features(features, hp.map_size) if hp.mask == "dino_foreground" else cutler_masks()
+            masks = self._object_masks(features, images.shape[0])
             skip = torch.tensor([c in MASK_SKIP_LISTS[hp.mask_skip] for c in categories], device=masks.device)
             masks = torch.where(skip[:, None, None], torch.ones_like(masks), masks)
         maps = finish_map(maps, masks, hp.blur_sigma)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import open_dict
@@ -148,3 +149,59 @@ def test_two_process_ddp_evaluation_equals_single_process(synthetic_root, tmp_pa
     # (tests/evaluation/test_collector.py); here the values agree to float precision.
     for metric, value in one["categories"]["logo"].items():
         assert two["categories"]["logo"][metric] == pytest.approx(value, abs=1e-5), metric
+
+
+def test_precomputed_cutler_masks_union_empty_png_and_errors(tmp_path):
+    from PIL import Image
+
+    from anomaly_zoo.methods.divad.masks import cutler_masks
+
+    root, masks = tmp_path / "data", tmp_path / "masks"
+    images = [root / "cap" / "test" / "crack" / f"00{i}.png" for i in range(3)]
+    for image in images:
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.touch()
+    (masks / "cap" / "test" / "crack").mkdir(parents=True)
+    instances = np.zeros((2, 8, 8), dtype=bool)
+    instances[0, :4, :4] = True
+    instances[1, 6:, 6:] = True
+    np.savez(masks / "cap" / "test" / "crack" / "000_cutler.png.npz", instances)  # the official script's format
+    np.savez(masks / "cap" / "test" / "crack" / "001_cutler.png.npz", np.zeros((0, 8, 8), dtype=bool))
+    png = np.zeros((8, 8), dtype=np.uint8)
+    png[2:5, :] = 255
+    Image.fromarray(png).save(masks / "cap" / "test" / "crack" / "002.png")
+    out = cutler_masks([str(p) for p in images], root, masks, 16)
+    assert out.shape == (3, 16, 16)
+    expected = torch.from_numpy(instances.any(0)).float().repeat_interleave(2, 0).repeat_interleave(2, 1)
+    assert torch.equal(out[0], expected)  # union of instances, nearest-resized
+    assert out[1].sum() == 0  # no detection: the whole map is masked, as the official code
+    assert torch.equal(out[2], torch.from_numpy(png > 127).float().repeat_interleave(2, 0).repeat_interleave(2, 1))
+    with pytest.raises(FileNotFoundError, match=r"no precomputed CutLER mask for .*003.png.*003_cutler.png.npz"):
+        cutler_masks([str(images[0].with_name("003.png"))], root, masks, 16)
+    (masks / "cap" / "test" / "crack" / "000_cutler.png.npz").write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match=r"cannot read CutLER mask .*000_cutler.png.npz"):
+        cutler_masks([str(images[0])], root, masks, 16)
+
+
+def test_divad_run_with_precomputed_cutler_masks(compose_cfg, synthetic_root, tmp_path):
+    from anomaly_zoo.runner import run
+
+    args = [a for a in DIVAD_TINY if not a.startswith(("method.mask=", "dataset.categories", "eval."))]
+    with pytest.raises(Exception, match=r"set method\.cutler_mask_dir"):  # Hydra wraps the ValueError
+        run(compose_cfg("test", [*args, "method.mask=cutler"]), fit=False)
+    # Empty detections everywhere: every map is zeroed, so no image or pixel ranks above another.
+    masks = tmp_path / "masks"
+    for image in (synthetic_root / "logo" / "test").glob("*/*.png"):
+        target = masks / image.relative_to(synthetic_root).parent / f"{image.stem}_cutler.png.npz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(target, np.zeros((0, 32, 32), dtype=bool))
+    cfg = compose_cfg("test", [*args, "dataset.categories=[logo]", "method.mask=cutler",
+                               f"method.cutler_mask_dir={masks}", "eval.heatmaps_per_category=0"])  # fmt: skip
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        out = run(cfg, fit=False)
+    res = json.loads(Path(out["results_path"]).read_text())
+    assert res["mask"] == "cutler"
+    assert res["categories"]["logo"]["I-AUROC"] == pytest.approx(0.5)
+    assert res["categories"]["logo"]["P-AUROC"] == pytest.approx(0.5)
