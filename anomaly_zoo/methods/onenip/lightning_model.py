@@ -392,6 +392,11 @@ class OneNIP(AnomalyMethod):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.pool_categories = list(checkpoint.get("pool_categories", []))
         state = checkpoint.get("state_dict", {})
+        # Checkpoints from before feature standardisation existed: identity statistics are exactly that model.
+        t = self.transformer
+        state.setdefault("transformer.feature_mean", torch.zeros_like(t.feature_mean))
+        state.setdefault("transformer.feature_std", torch.ones_like(t.feature_std))
+        state.setdefault("feature_statistics_fitted", torch.tensor(False))
         for key in ("pool_features", "pool_category"):
             if key in state:
                 setattr(self, key, torch.empty_like(state[key], device=getattr(self, key).device))

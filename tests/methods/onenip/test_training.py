@@ -82,6 +82,12 @@ def test_feature_statistics_match_the_training_features_and_survive_resume(compo
     _run(compose_cfg, [*common, "method.max_epochs=2", f"ckpt_path={tmp_path / 'shifted.ckpt'}"], tmp_path / "resumed")
     resumed = read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")["state_dict"]
     assert torch.equal(resumed["transformer.feature_mean"], raw["state_dict"]["transformer.feature_mean"])
+    # A checkpoint written before the statistics existed still loads (as identity statistics).
+    for key in ("transformer.feature_mean", "transformer.feature_std", "feature_statistics_fitted"):
+        del raw["state_dict"][key]
+    torch.save(raw, tmp_path / "older.ckpt")
+    _, out = _run(compose_cfg, [f"ckpt_path={tmp_path / 'older.ckpt'}"], tmp_path / "older", False, "test")
+    assert Path(out["results_path"]).is_file()
 
 
 def test_uniad_is_the_no_prompt_ablation(compose_cfg, tmp_path):
