@@ -1,6 +1,6 @@
 """OneNIP's components on the synthetic set (Table 4a's chain on the CPU demo schedule).
 
-Trains four demo models once per module (~45 min on 2 CPU cores), so it runs only with ANOMALY_ZOO_SLOW=1.
+Trains four demo models once per module (24 min on 2 CPU cores), so it runs only with ANOMALY_ZOO_SLOW=1.
 Measured (2026-11-25, see the README): the refiner raises pixel AP by far; the prompt and the restoration stream
 move it by less than one point at this schedule, so the full chain is a strict xfail until they do.
 """
