@@ -123,6 +123,11 @@ class OneNIP(AnomalyMethod):
             self._feature_cache.update(zip(missing, feats, strict=True))
         return torch.stack([self._feature_cache[i] for i in indices])
 
+    def _features_in_chunks(self, dataset, indices: Sequence[int], chunk: int = 16) -> torch.Tensor:
+        """`_dataset_features` over many images, `chunk` at a time (bounded backbone batch)."""
+        starts = range(0, len(indices), chunk)
+        return torch.cat([self._dataset_features(dataset, indices[i : i + chunk]) for i in starts])
+
     def reconstruct(self, feats: torch.Tensor, prompt_feats: torch.Tensor | None, jitter: bool) -> torch.Tensor:
         """Features (N,C,h,w) [+ prompts (N/r,C,h,w), shared by r consecutive blocks of N/r] → reconstruction.
 
@@ -179,16 +184,8 @@ class OneNIP(AnomalyMethod):
         indices = [i for pool in self._train_prompts.values() for i in pool]
         if len(indices) > max_images:
             indices = random.Random(self.hparams.seed).sample(indices, max_images)
-        total = total_sq = None
-        count = 0
-        for start in range(0, len(indices), 16):
-            feats = self._dataset_features(dataset, indices[start : start + 16]).double()
-            flat = feats.transpose(0, 1).flatten(1)  # (C, N*h*w)
-            total = flat.sum(1) if total is None else total + flat.sum(1)
-            total_sq = (flat**2).sum(1) if total_sq is None else total_sq + (flat**2).sum(1)
-            count += flat.shape[1]
-        mean = total / count
-        std = (total_sq / count - mean**2).clamp_min(0).sqrt()
+        feats = self._features_in_chunks(dataset, indices).double()
+        mean, std = feats.mean(dim=(0, 2, 3)), feats.std(dim=(0, 2, 3), correction=0)
         self.transformer.set_feature_statistics(mean.float(), std.float())
         self.feature_statistics_fitted.fill_(True)
 
@@ -272,8 +269,7 @@ class OneNIP(AnomalyMethod):
             owners += [k] * len(chosen)
         was_training = self.training
         self.eval()
-        chunks = [self._dataset_features(dataset, picks[i : i + 16]) for i in range(0, len(picks), 16)]
-        self.pool_features = torch.cat(chunks)
+        self.pool_features = self._features_in_chunks(dataset, picks)
         self.pool_category = torch.tensor(owners, device=self.device)
         self.pool_categories = list(by_category)
         self.train(was_training)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from anomaly_zoo.runner import CheckpointError, read_checkpoint, run
+from anomaly_zoo.methods.onenip.lightning_model import _deduplicated_by_category
+from anomaly_zoo.runner import CheckpointError, instantiate_method, read_checkpoint, run
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = [
@@ -52,10 +54,6 @@ def test_fit_test_and_reload_with_oracle_prompts(compose_cfg, tmp_path):
 
 
 def test_feature_statistics_match_the_training_features_and_survive_resume(compose_cfg, tmp_path):
-    from hydra.utils import instantiate
-
-    from anomaly_zoo.methods.onenip.lightning_model import _deduplicated_by_category
-
     common = ["method.standardize_features=true", "trainer.limit_train_batches=1"]
     cfg, _ = _run(compose_cfg, common, tmp_path / "fit")
     state = read_checkpoint(tmp_path / "fit" / "checkpoints" / "last.ckpt")["state_dict"]
@@ -65,8 +63,6 @@ def test_feature_statistics_match_the_training_features_and_survive_resume(compo
     datamodule.setup("fit")
     dataset = datamodule.train_dataset
     indices = [i for pool in _deduplicated_by_category(dataset.samples).values() for i in pool]
-    from anomaly_zoo.runner import instantiate_method
-
     method = instantiate_method(cfg).eval()
     with torch.no_grad():
         feats = method.features(torch.stack([dataset[i]["image"] for i in indices])).numpy()
