@@ -25,6 +25,7 @@ bench:
 	$(PY) experiments/bench_metrics.py
 	$(PY) experiments/bench_onenip.py
 	$(PY) experiments/bench_coreset.py
+	$(PY) experiments/bench_synthesis.py
 
 clean-data:
 	rm -rf data/synthetic

@@ -2,9 +2,12 @@
 
 Follows the official code's `hybrid` style (shared/spec/reference_implementations.md §2.5): per image a fair coin
 picks CutPaste (`binary`: a colour-jittered patch of 2-15 % area, or a thin rotated "scar" 2-16 px wide and 10-25 px
-long, cut from the same image) or a DRAEM-style Perlin blend of a texture. Always applied. Written here rather than
-taken from anomalib because anomalib's generators work one image at a time on the CPU (PIL / imgaug / numpy),
-which is the official code's bottleneck; these run as a handful of tensor ops on the whole batch.
+long, cut from the same image) or a DRAEM-style Perlin blend of a texture. Always applied. The official code runs
+DRAEM's numpy / imgaug code per image in its data loader (its bottleneck); here every step is tensor code on the
+batch's device. Written here rather than taken from anomalib (measured in `experiments/bench_synthesis.py`):
+anomalib 2.x's `PerlinAnomalyGenerator` is torch code too and about as fast on the CPU, but it draws from the
+global RNG (a resumed run could not continue the same sequence) and its only CutPaste (FoundAD's) returns no mask,
+which the refiner's Dice loss needs.
 
 Texture source: DTD (`dtd_dir/images/*/*.jpg`) when given, otherwise procedural textures generated here (fractal
 Perlin noise, stripes and checkers in random colours), so training works offline.
@@ -20,10 +23,11 @@ import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image
 
 
-# Random draws come from a CPU generator (its state can be checkpointed and restored on any device) and only
-# small tensors are moved; the per-pixel work runs on the images' device.
-def _rand(n: int, lo: float, hi: float, gen: torch.Generator, device) -> torch.Tensor:
-    return (torch.rand(n, generator=gen) * (hi - lo) + lo).to(device)
+# Random draws come from a CPU generator (its state can be checkpointed and restored on any device) and stay on the
+# CPU as Python numbers: a scalar drawn on the GPU and read back would stall the stream at every call. Only the
+# per-pixel work runs on the images' device.
+def _uniform(lo: float, hi: float, gen: torch.Generator) -> float:
+    return torch.rand(1, generator=gen).item() * (hi - lo) + lo
 
 
 def perlin_noise(size: tuple[int, int], res: tuple[int, int], gen: torch.Generator, device) -> torch.Tensor:
@@ -68,8 +72,8 @@ def procedural_texture(size: tuple[int, int], gen: torch.Generator, device) -> t
         pattern = sum(perlin_noise((h, w), (2**o, 2**o), gen, device) / 2**o for o in range(1, 5) if 2**o <= min(h, w))
     else:
         yy, xx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-        angle = float(_rand(1, 0, math.pi, gen, device))
-        period = float(_rand(1, 4, 24, gen, device))
+        angle = _uniform(0, math.pi, gen)
+        period = _uniform(4, 24, gen)
         u = (yy * math.cos(angle) + xx * math.sin(angle)) / period
         v = (-yy * math.sin(angle) + xx * math.cos(angle)) / period
         pattern = (
@@ -107,9 +111,9 @@ def _augment_texture(tex: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     ops = torch.randperm(5, generator=gen)[:3].tolist()
     for op in ops:
         if op == 0:
-            tex = tex.clamp_min(1e-6) ** float(_rand(1, 0.5, 2.0, gen, tex.device))
+            tex = tex.clamp_min(1e-6) ** _uniform(0.5, 2.0, gen)
         elif op == 1:
-            tex = tex * float(_rand(1, 0.7, 1.3, gen, tex.device))
+            tex = tex * _uniform(0.7, 1.3, gen)
         elif op == 2:
             tex = 1 - tex
         elif op == 3:
@@ -122,12 +126,12 @@ def _augment_texture(tex: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def _color_jitter(patch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """ColorJitter(0.4, 0.4, 0.4, 0.1) on a (3, H, W) image in [0, 1] (hue as a small channel rotation)."""
     dev = patch.device
-    patch = patch * float(_rand(1, 0.6, 1.4, gen, dev))
+    patch = patch * _uniform(0.6, 1.4, gen)
     mean = patch.mean()
-    patch = (patch - mean) * float(_rand(1, 0.6, 1.4, gen, dev)) + mean
+    patch = (patch - mean) * _uniform(0.6, 1.4, gen) + mean
     grey = patch.mean(0, keepdim=True)
-    patch = (patch - grey) * float(_rand(1, 0.6, 1.4, gen, dev)) + grey
-    hue = float(_rand(1, -0.1, 0.1, gen, dev)) * 2 * math.pi
+    patch = (patch - grey) * _uniform(0.6, 1.4, gen) + grey
+    hue = _uniform(-0.1, 0.1, gen) * 2 * math.pi
     # rotate chroma around the grey axis
     axis = torch.ones(3, device=dev) / math.sqrt(3)
     flat = patch.reshape(3, -1)
@@ -156,20 +160,16 @@ def _cutpaste(img: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, to
     _, h, w = img.shape
     dev = img.device
     if torch.rand(1, generator=gen).item() < 0.5:  # cutpaste: area 2-15 %, aspect (0.3,1) or (1,3.3)
-        area = float(_rand(1, 0.02, 0.15, gen, dev)) * h * w
-        aspect = (
-            float(_rand(1, 0.3, 1, gen, dev))
-            if torch.rand(1, generator=gen).item() < 0.5
-            else float(_rand(1, 1, 3.3, gen, dev))
-        )
+        area = _uniform(0.02, 0.15, gen) * h * w
+        aspect = _uniform(0.3, 1, gen) if torch.rand(1, generator=gen).item() < 0.5 else _uniform(1, 3.3, gen)
         ph = max(2, min(h - 1, round(math.sqrt(area * aspect))))
         pw = max(2, min(w - 1, round(math.sqrt(area / aspect))))
         angle = 0.0
     else:  # scar: width 2-16 px, length 10-25 px (at the official 224-px scale), rotation ±45°
         scale = h / 224
-        pw = max(2, int(_rand(1, 2, 16, gen, dev) * scale))
-        ph = max(4, int(_rand(1, 10, 25, gen, dev) * scale))
-        angle = float(_rand(1, -math.pi / 4, math.pi / 4, gen, dev))
+        pw = max(2, int(_uniform(2, 16, gen) * scale))
+        ph = max(4, int(_uniform(10, 25, gen) * scale))
+        angle = _uniform(-math.pi / 4, math.pi / 4, gen)
     src_y = int(torch.randint(0, h - ph + 1, (1,), generator=gen))
     src_x = int(torch.randint(0, w - pw + 1, (1,), generator=gen))
     dst_y = int(torch.randint(0, h - ph + 1, (1,), generator=gen))
@@ -188,7 +188,7 @@ def _perlin_blend(
     size = tuple(img.shape[-2:])
     mask = _perlin_mask(size, gen, img.device)
     tex = textures.sample(size, gen, img.device)
-    beta = float(_rand(1, 0.0, 0.8, gen, img.device))
+    beta = _uniform(0.0, 0.8, gen)
     return img * (1 - mask) + (1 - beta) * tex * mask + beta * img * mask, mask
 
 
