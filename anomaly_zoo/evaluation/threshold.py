@@ -18,10 +18,10 @@ log = logging.getLogger(__name__)
 def validation_scores(method: AnomalyMethod, loader) -> np.ndarray:
     was_training = method.training
     method.eval()
-    scores = [
-        method.predict_batch(batch["image"].to(method.device), list(batch["category"]))["pred_scores"].float().cpu()
-        for batch in loader
-    ]
+    scores = []
+    for batch in loader:
+        out = method.predict_batch(batch["image"].to(method.device), list(batch["category"]), batch.get("path"))
+        scores.append(out["pred_scores"].float().cpu())
     method.train(was_training)
     return torch.cat(scores).numpy()
 

@@ -99,7 +99,8 @@ def predict_folder(
                 rows[i].overlay = ""
         if not ok:
             continue
-        out = method.predict_batch(torch.stack(tensors).to(method.device), [category or ""] * len(ok))
+        paths = [str(images[i]) for i in ok]
+        out = method.predict_batch(torch.stack(tensors).to(method.device), [category or ""] * len(ok), paths)
         used = out.get("categories") or [category or ""] * len(ok)
         for j, i in enumerate(ok):
             rows[i].score = float(out["pred_scores"][j])

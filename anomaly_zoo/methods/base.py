@@ -36,8 +36,14 @@ class AnomalyMethod(LightningModule):
         return {}
 
     @abstractmethod
-    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
-        """Anomaly maps and image scores for a batch of [0, 1] images."""
+    def predict_batch(
+        self, images: torch.Tensor, categories: list[str], paths: list[str] | None = None
+    ) -> MethodOutput:
+        """Anomaly maps and image scores for a batch of [0, 1] images.
+
+        `paths` are the images' files where known (test, predict), for methods that read per-image side data
+        (DIVAD's precomputed CutLER masks); most methods ignore them.
+        """
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -49,10 +55,14 @@ class AnomalyMethod(LightningModule):
             )
 
     def test_step(self, batch: dict, batch_idx: int) -> MethodOutput:
-        return self._checked(self.predict_batch(batch["image"], list(batch["category"])), batch["image"])
+        return self._predict_checked(batch)
 
     def predict_step(self, batch: dict, batch_idx: int) -> MethodOutput:
-        return self._checked(self.predict_batch(batch["image"], list(batch["category"])), batch["image"])
+        return self._predict_checked(batch)
+
+    def _predict_checked(self, batch: dict) -> MethodOutput:
+        paths = list(batch["path"]) if "path" in batch else None
+        return self._checked(self.predict_batch(batch["image"], list(batch["category"]), paths), batch["image"])
 
     def _checked(self, out: MethodOutput, images: torch.Tensor) -> MethodOutput:
         maps, scores = out["anomaly_maps"], out["pred_scores"]

@@ -82,38 +82,34 @@ class DIVAD(AnomalyMethod):
         plan = InversionSchedule.paper(num_steps, start_steps) if schedule == "paper" else InversionSchedule.official()
         self.reconstructor = DiffusionReconstructor(diffusion, plan, guidance_scale, resolution, sample_latent, seed)
         self.extractor = feature_extractor
-        self._batch_paths: list[str] | None = None  # CutLER masks are looked up by image path
 
-    def test_step(self, batch: dict, batch_idx: int) -> MethodOutput:
-        self._batch_paths = list(batch["path"])
-        return super().test_step(batch, batch_idx)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> MethodOutput:
-        self._batch_paths = list(batch["path"]) if "path" in batch else None
-        return super().predict_step(batch, batch_idx)
-
-    def _object_masks(self, features: torch.Tensor, n: int) -> torch.Tensor:
+    def _object_masks(self, features: torch.Tensor, paths: list[str] | None) -> torch.Tensor:
         hp = self.hparams
         if hp.mask == "dino_foreground":
             return foreground_from_features(features, hp.map_size)
-        if self._batch_paths is None or len(self._batch_paths) != n:
-            raise RuntimeError("method.mask=cutler needs the images' paths: run it through anomaly_zoo.test/predict")
+        if paths is None or len(paths) != features.shape[0]:
+            raise ValueError(
+                "method.mask=cutler looks up each image's CutLER mask by its file: predict_batch needs `paths` "
+                "(anomaly_zoo.test and anomaly_zoo.predict pass them)"
+            )
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         root = getattr(datamodule, "root", None)
-        return cutler_masks(self._batch_paths, root, hp.cutler_mask_dir, hp.map_size).to(features.device)
+        return cutler_masks(paths, root, hp.cutler_mask_dir, hp.map_size).to(features.device)
 
     def prompt(self, category: str) -> str:
         template = self.hparams.prompt_template
         return template.format(category=humanize(category)) if template else ""
 
     @torch.no_grad()
-    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
+    def predict_batch(
+        self, images: torch.Tensor, categories: list[str], paths: list[str] | None = None
+    ) -> MethodOutput:
         hp = self.hparams
         recons = self.reconstructor(images, [self.prompt(c) for c in categories])
         maps, features = feature_dissimilarity(self.extractor, images, recons, hp.map_size)
         masks = None
         if hp.mask != "none":
-            masks = self._object_masks(features, images.shape[0])
+            masks = self._object_masks(features, paths)
             skip = torch.tensor([c in MASK_SKIP_LISTS[hp.mask_skip] for c in categories], device=masks.device)
             masks = torch.where(skip[:, None, None], torch.ones_like(masks), masks)
         maps = finish_map(maps, masks, hp.blur_sigma)

@@ -205,3 +205,40 @@ def test_divad_run_with_precomputed_cutler_masks(compose_cfg, synthetic_root, tm
     assert res["mask"] == "cutler"
     assert res["categories"]["logo"]["I-AUROC"] == pytest.approx(0.5)
     assert res["categories"]["logo"]["P-AUROC"] == pytest.approx(0.5)
+
+
+def test_predict_on_a_folder_reads_cutler_masks_by_file_name(compose_cfg, synthetic_root, tmp_path):
+    """`anomaly_zoo.predict` passes each image's path to the method, so CutLER masks work outside the dataset too."""
+    import shutil
+
+    from anomaly_zoo.runner import predict
+
+    folder, masks = tmp_path / "incoming", tmp_path / "masks"
+    folder.mkdir()
+    masks.mkdir()
+    for i, src in enumerate(sorted((synthetic_root / "logo" / "test" / "good").glob("*.png"))[:4]):
+        shutil.copy(src, folder / f"img_{i}.png")
+        # Images 0 and 2: no detection (the map is zeroed); 1 and 3: the whole image is the object.
+        np.savez(masks / f"img_{i}_cutler.png.npz", np.full((1 if i % 2 else 0, 32, 32), True))
+    args = [a for a in DIVAD_TINY if not a.startswith(("method.mask=", "dataset.categories", "eval."))]
+    cfg = compose_cfg(
+        "predict",
+        [*args, "method.mask=cutler", f"method.cutler_mask_dir={masks}", f"input={folder}",
+         f"output={tmp_path / 'out'}", "category=logo"],
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        rows = predict(cfg)
+    scores = {Path(r.path).name: r.score for r in rows}
+    assert not any(r.error for r in rows) and len(scores) == 4
+    assert scores["img_0.png"] == scores["img_2.png"] == 0.0
+    assert scores["img_1.png"] > 0 and scores["img_3.png"] > 0
+
+
+def test_cutler_masks_need_the_image_paths():
+    from anomaly_zoo.methods.divad.lightning_model import DIVAD
+
+    method = DIVAD.__new__(DIVAD)  # only _object_masks is exercised: no diffusion model needed
+    torch.nn.Module.__init__(method)
+    method.hparams.update({"mask": "cutler", "cutler_mask_dir": "/nowhere", "map_size": 8})
+    with pytest.raises(ValueError, match=r"method.mask=cutler .* predict_batch needs `paths`"):
+        method._object_masks(torch.zeros(2, 4, 8, 8), None)
