@@ -41,9 +41,7 @@ def main() -> None:
     timm_name, weights, norm = BACKBONES[args.backbone]
     device = torch.device(args.device)
     backbone = FeatureExtractor(args.backbone, timm_name, [0, 1, 2, 3], weights=weights, normalization=norm)
-    model = OneNIP(backbone, image_size=args.size).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = OneNIP(backbone, image_size=args.size, channels_last=args.channels_last).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
     feats_for_prompt = model.features(images)

@@ -31,7 +31,7 @@ def component_maps(method, images: torch.Tensor, categories: list[str]) -> dict[
     rec = method.reconstruct(feats, method._prompts_for_test(feats, categories), jitter=False)
     maps = {"S_rec": method.reconstruction_error_map(feats, rec, size), "fused": method.score_maps(feats, rec, size)}
     if method.refiner is not None:
-        maps["refiner"] = torch.sigmoid(method.refiner((rec - feats).abs(), size))
+        maps["refiner"] = torch.sigmoid(method.refine((rec - feats).abs(), size))
     return maps
 
 

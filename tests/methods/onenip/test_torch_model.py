@@ -130,3 +130,25 @@ def test_feature_statistics_are_a_reparameterisation_of_the_projections():
     assert torch.allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="shape"):
         standardised.set_feature_statistics(torch.zeros(5), torch.ones(5))
+
+
+def test_channels_last_changes_the_layout_not_the_result():
+    from anomaly_zoo.methods.onenip import OneNIP
+
+    def build(channels_last: bool) -> OneNIP:
+        torch.manual_seed(0)
+        backbone = FeatureExtractor("lite0", "tf_efficientnet_lite0", [0, 1, 2, 3], "package", normalization="tf")
+        small = dict(hidden=16, heads=2, ffn=32, encoder_layers=1, decoder_layers=1, dropout=0.0, refiner_hidden=8)
+        return OneNIP(backbone, image_size=64, channels_last=channels_last, **small).eval()
+
+    plain, nhwc = build(False), build(True)
+    conv = next(m for m in nhwc.neck.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        outs = []
+        for model in (plain, nhwc):
+            feats = model.features(images)
+            rec = model.reconstruct(feats, feats, jitter=False)
+            outs.append(model.score_maps(feats, rec, (64, 64)))
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)
