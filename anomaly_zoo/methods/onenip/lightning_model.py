@@ -96,7 +96,7 @@ class OneNIP(AnomalyMethod):
         )  # fmt: skip
         self.refiner = Refiner(self.neck.channels, refiner_hidden) if refiner else None
         self.synthesis = PseudoAnomalyGenerator(dtd_dir) if (restoration or refiner) else None
-        # NHWC convolutions: faster with bf16 on tensor cores, and on CPU (oneDNN) too; the transformer is unaffected.
+        # NHWC convolutions for bf16 tensor cores (no gain measured on CPU); the transformer is unaffected.
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.neck.to(memory_format=self._memory_format)
         if self.refiner is not None:

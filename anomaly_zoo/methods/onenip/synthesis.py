@@ -24,7 +24,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 
 # Random draws come from a CPU generator (its state can be checkpointed and restored on any device) and stay on the
-# CPU as Python numbers: a scalar drawn on the GPU and read back would stall the stream at every call. Only the
+# CPU as Python numbers: a scalar moved to the GPU and read back would stall the stream at every draw. Only the
 # per-pixel work runs on the images' device.
 def _uniform(lo: float, hi: float, gen: torch.Generator) -> float:
     return torch.rand(1, generator=gen).item() * (hi - lo) + lo
