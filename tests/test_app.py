@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +10,8 @@ from omegaconf import open_dict
 
 from anomaly_zoo.metrics import METRIC_NAMES
 from anomaly_zoo.runner import run
+from tests.helpers.cli import run_module
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = [
     "dataset.categories=[logo,brick]",
     "dataset.image_size=128",
@@ -65,11 +62,7 @@ def test_bad_config_value_is_named(compose_cfg):
 
 
 def test_cli_multirun_writes_one_results_file_per_run(synthetic_root, tmp_path):
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "anomaly_zoo.train",
+    args = [
         "-m",
         f"dataset.root={synthetic_root}",
         "dataset.categories=[coin]",
@@ -80,8 +73,7 @@ def test_cli_multirun_writes_one_results_file_per_run(synthetic_root, tmp_path):
         "trainer.enable_progress_bar=false",
         f"hydra.sweep.dir={tmp_path}/sweep",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_module("anomaly_zoo.train", *args)
     files = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert len(files) == 2
     sizes = sorted(json.loads(f.read_text())["config"]["method"]["bank_size"] for f in files)
@@ -90,16 +82,14 @@ def test_cli_multirun_writes_one_results_file_per_run(synthetic_root, tmp_path):
 
 
 def test_cli_output_dir_override_moves_results_logs_and_heatmaps_together(synthetic_root, tmp_path):
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "chosen"
-    cmd = [
-        sys.executable, "-m", "anomaly_zoo.train", f"dataset.root={synthetic_root}", "dataset.categories=[coin]",
+    args = [
+        f"dataset.root={synthetic_root}", "dataset.categories=[coin]",
         "dataset.image_size=64", "method.sampling=random", "method.bank_size=64", "logger=csv",
         "trainer.enable_progress_bar=false", "eval.heatmaps_per_category=1", f"paths.output_dir={out}",
         f"hydra.run.dir={tmp_path}/hydra_run",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_module("anomaly_zoo.train", *args)
     assert (out / "results.json").is_file() and list((out / "heatmaps").glob("*.png"))
     assert list(out.glob("csv/*/metrics.csv")) or list(out.glob("csv/*/hparams.yaml"))
     assert not (tmp_path / "hydra_run" / "results.json").exists()

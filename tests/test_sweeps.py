@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.cli import run_module
 
 
 def _sweep(synthetic_root, sweep_dir, *extra):
@@ -20,11 +17,7 @@ def _sweep(synthetic_root, sweep_dir, *extra):
         "~method", "+method._target_=tests.helpers.pixel_method.PixelDeviation", "+method.name=pixel_deviation",
         "trainer.enable_progress_bar=false", "eval.heatmaps_per_category=0", f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "anomaly_zoo.test", *common, *extra], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return run_module("anomaly_zoo.test", *common, *extra)
 
 
 @pytest.fixture(scope="module")

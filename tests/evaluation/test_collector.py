@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 
 from anomaly_zoo.evaluation import collector
 from anomaly_zoo.evaluation.collector import PredictionBuffer
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.cli import run_module
 
 
 def test_buffer_spills_to_a_memory_map_above_the_threshold(monkeypatch):
@@ -29,13 +24,6 @@ def test_buffer_spills_to_a_memory_map_above_the_threshold(monkeypatch):
     assert not isinstance(PredictionBuffer(6, (16, 16)).maps, np.memmap)
 
 
-def _cli(module: str, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
 def test_two_process_ddp_evaluation_equals_single_process(synthetic_root, tmp_path):
     common = [
         f"dataset.root={synthetic_root}",
@@ -49,13 +37,9 @@ def test_two_process_ddp_evaluation_equals_single_process(synthetic_root, tmp_pa
         "trainer.enable_progress_bar=false",
         "eval.heatmaps_per_category=0",
     ]
-    single = _cli("anomaly_zoo.test", [*common, f"hydra.run.dir={tmp_path}/single"])
-    assert single.returncode == 0, single.stderr[-3000:]
-    ddp = _cli(
-        "anomaly_zoo.test",
-        [*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path}/ddp"],
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    run_module("anomaly_zoo.test", *common, f"hydra.run.dir={tmp_path}/single")
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path}/ddp"]
+    run_module("anomaly_zoo.test", *common, *ddp)
     one = json.loads((tmp_path / "single" / "results.json").read_text())
     two = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert two["config"]["trainer"]["devices"] == 2 and one["config"]["trainer"]["devices"] == 1

@@ -14,6 +14,7 @@ from anomaly_zoo.methods.divad.lightning_model import humanize
 from anomaly_zoo.methods.divad.masks import foreground_from_features
 from anomaly_zoo.methods.divad.models import DiffusionWeightsError, load_stable_diffusion, tiny_random_stable_diffusion
 from anomaly_zoo.methods.divad.pipeline import DiffusionReconstructor, InversionSchedule
+from tests.helpers.cli import run_module
 
 
 @pytest.fixture(scope="module")
@@ -123,24 +124,14 @@ def test_whole_divad_run_writes_complete_results(compose_cfg, tmp_path):
 
 
 def test_two_process_ddp_evaluation_equals_single_process(synthetic_root, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[3]
     args = [
         *(a for a in DIVAD_TINY if not a.startswith(("dataset.categories", "method.start_steps", "eval."))),
         "dataset.categories=[logo]", "method.start_steps=1", "eval.heatmaps_per_category=0",
         "dataset.eval_batch_size=1", f"dataset.root={synthetic_root}", "dataset.num_workers=0",
         "trainer.enable_progress_bar=false",
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     for name, extra in (("one", []), ("two", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])):
-        proc = subprocess.run(
-            [sys.executable, "-m", "anomaly_zoo.test", *args, *extra, f"hydra.run.dir={tmp_path / name}"],
-            cwd=root, env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_module("anomaly_zoo.test", *args, *extra, f"hydra.run.dir={tmp_path / name}")
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["config"]["trainer"]["devices"] == 2

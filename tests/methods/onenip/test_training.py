@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +12,8 @@ from omegaconf import open_dict
 
 from anomaly_zoo.methods.onenip.lightning_model import _deduplicated_by_category
 from anomaly_zoo.runner import CheckpointError, instantiate_method, read_checkpoint, run
+from tests.helpers.cli import run_module
 
-ROOT = Path(__file__).resolve().parents[3]
 TINY = [
     "method=onenip",
     "dataset.categories=[logo,coin]",
@@ -118,12 +115,7 @@ def test_corrupt_or_truncated_checkpoint_is_named(compose_cfg, tmp_path):
 
 
 def test_two_process_ddp_ranks_end_with_identical_weights(synthetic_root, tmp_path):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.ddp_train", str(synthetic_root), str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_module("tests.helpers.ddp_train", str(synthetic_root), str(tmp_path))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0.keys() == rank1.keys() and "rec_scale" in rank0 and "transformer.input_proj.weight" in rank0
     for key in rank0:
