@@ -20,7 +20,7 @@ def validation_scores(method: AnomalyMethod, loader) -> np.ndarray:
     method.eval()
     scores = []
     for batch in loader:
-        out = method.predict_batch(batch["image"].to(method.device), list(batch["category"]), batch.get("path"))
+        out = method.score_batch(batch["image"].to(method.device), list(batch["category"]), batch.get("path"))
         scores.append(out["pred_scores"].float().cpu())
     method.train(was_training)
     return torch.cat(scores).numpy()

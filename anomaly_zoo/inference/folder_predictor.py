@@ -100,7 +100,7 @@ def predict_folder(
         if not ok:
             continue
         paths = [str(images[i]) for i in ok]
-        out = method.predict_batch(torch.stack(tensors).to(method.device), [category or ""] * len(ok), paths)
+        out = method.score_batch(torch.stack(tensors).to(method.device), [category or ""] * len(ok), paths)
         used = out.get("categories") or [category or ""] * len(ok)
         for j, i in enumerate(ok):
             rows[i].score = float(out["pred_scores"][j])

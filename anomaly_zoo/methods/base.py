@@ -7,6 +7,8 @@ which receives the `MethodOutput` each test/predict step returns.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import abstractmethod
 from typing import Any, ClassVar, NotRequired, TypedDict
 
@@ -41,8 +43,9 @@ class AnomalyMethod(LightningModule):
     ) -> MethodOutput:
         """Anomaly maps and image scores for a batch of [0, 1] images.
 
-        `paths` are the images' files where known (test, predict), for methods that read per-image side data
-        (DIVAD's precomputed CutLER masks); most methods ignore them.
+        `paths` (optional in subclasses) are the images' files where known (test, predict), for methods that read
+        per-image side data (DIVAD's precomputed CutLER masks); `score_batch` passes them only to methods that
+        declare them.
         """
 
     def setup(self, stage: str) -> None:
@@ -55,16 +58,18 @@ class AnomalyMethod(LightningModule):
             )
 
     def test_step(self, batch: dict, batch_idx: int) -> MethodOutput:
-        return self._predict_checked(batch)
+        return self.score_batch(batch["image"], list(batch["category"]), batch.get("path"))
 
     def predict_step(self, batch: dict, batch_idx: int) -> MethodOutput:
-        return self._predict_checked(batch)
+        return self.score_batch(batch["image"], list(batch["category"]), batch.get("path"))
 
-    def _predict_checked(self, batch: dict) -> MethodOutput:
-        paths = list(batch["path"]) if "path" in batch else None
-        return self._checked(self.predict_batch(batch["image"], list(batch["category"]), paths), batch["image"])
-
-    def _checked(self, out: MethodOutput, images: torch.Tensor) -> MethodOutput:
+    def score_batch(self, images: torch.Tensor, categories: list[str], paths: list[str] | None = None) -> MethodOutput:
+        """The framework's one way to call `predict_batch`: checks the output's shapes, and passes `paths` only to
+        methods that declare it, so methods written against the two-argument contract keep working."""
+        if paths is not None and _takes_paths(type(self)):
+            out = self.predict_batch(images, categories, paths=list(paths))
+        else:
+            out = self.predict_batch(images, categories)
         maps, scores = out["anomaly_maps"], out["pred_scores"]
         n = images.shape[0]
         if maps.ndim != 3 or maps.shape[0] != n or scores.shape != (n,):
@@ -73,6 +78,12 @@ class AnomalyMethod(LightningModule):
                 f"for N={n}; got {tuple(maps.shape)} and {tuple(scores.shape)}"
             )
         return out
+
+
+@functools.cache
+def _takes_paths(cls: type) -> bool:
+    parameters = inspect.signature(cls.predict_batch).parameters
+    return "paths" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -21,8 +21,6 @@ class PixelDeviation(AnomalyMethod):
         super().__init__()
         self.reference = reference
 
-    def predict_batch(
-        self, images: torch.Tensor, categories: list[str], paths: list[str] | None = None
-    ) -> MethodOutput:
+    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
         maps = (images - self.reference).abs().mean(dim=1)
         return {"anomaly_maps": maps, "pred_scores": maps.flatten(1).amax(dim=1)}

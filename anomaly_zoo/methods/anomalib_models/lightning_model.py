@@ -250,9 +250,7 @@ class AnomalibMethod(AnomalyMethod):
         maps = out.anomaly_map.float().reshape(n, *out.anomaly_map.shape[-2:])
         return upsample_maps(maps, tuple(images.shape[-2:])), scores
 
-    def predict_batch(
-        self, images: torch.Tensor, categories: list[str], paths: list[str] | None = None
-    ) -> MethodOutput:
+    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
         if not self.hparams.per_category:
             maps, scores = self._infer(self.models[ALL], images)
             return {"anomaly_maps": maps, "pred_scores": scores}

@@ -361,9 +361,7 @@ class OneNIP(AnomalyMethod):
         return self._pool_prompts(feats, categories, self.hparams.prompt_selection)
 
     @torch.no_grad()
-    def predict_batch(
-        self, images: torch.Tensor, categories: list[str], paths: list[str] | None = None
-    ) -> MethodOutput:
+    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
         feats = self.features(images)
         chosen = None
         if self.transformer.uses_prompt:

@@ -64,9 +64,7 @@ class PatchKNN(AnomalyMethod):
             idx = torch.randperm(pool.shape[0], generator=gen)[: hp.bank_size]
         self.model.set_memory_bank(pool[idx.to(pool.device)])
 
-    def predict_batch(
-        self, images: torch.Tensor, categories: list[str], paths: list[str] | None = None
-    ) -> MethodOutput:
+    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
         dist = self.model.nearest_distance(self.model.embed(images))
         maps = gaussian_blur(upsample_maps(dist, tuple(images.shape[-2:])), self.hparams.blur_sigma)
         return {"anomaly_maps": maps, "pred_scores": maps.flatten(1).amax(dim=1)}
