@@ -12,13 +12,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from anomaly_zoo.metrics.suite import compute_metrics, mean_over_categories
+from anomaly_zoo.metrics import compute_category_metrics
 from anomaly_zoo.runner import instantiate_method, load_checkpoint_weights
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -44,23 +42,22 @@ def main(ckpt: str, overrides: list[str]) -> None:
     load_checkpoint_weights(method, ckpt)
     method.eval()
     method.on_test_start()
-    pool = method.hparams.image_score_pool
     collected: dict[str, dict[str, list]] = {}
+    labels, masks, categories = [], [], []
     for batch in datamodule.test_dataloader():
-        for name, maps in component_maps(method, batch["image"], list(batch["category"])).items():
-            scores = (F.avg_pool2d(maps[:, None], pool, stride=1)[:, 0] if pool > 1 else maps).flatten(1).amax(1)
-            for i, category in enumerate(batch["category"]):
-                entry = collected.setdefault(name, {}).setdefault(category, [[], [], [], []])
-                entry[0].append(float(scores[i]))
-                entry[1].append(int(batch["label"][i]))
-                entry[2].append(maps[i].numpy())
-                entry[3].append(batch["mask"][i].reshape(maps.shape[-2:]).numpy() > 0.5)
-    for name, per_category in collected.items():
-        rows = {
-            c: compute_metrics(np.array(s), np.array(lb), np.stack(m), np.stack(g))
-            for c, (s, lb, m, g) in per_category.items()
-        }
-        mean = mean_over_categories(rows)
+        maps = component_maps(method, batch["image"], list(batch["category"]))
+        for name, m in maps.items():
+            entry = collected.setdefault(name, {"scores": [], "maps": []})
+            entry["scores"].append(method.image_scores(m))
+            entry["maps"].append(m)
+        labels.append(batch["label"])
+        masks.append(batch["mask"].reshape(-1, *batch["image"].shape[-2:]) > 0.5)
+        categories += list(batch["category"])
+    labels_all, masks_all = torch.cat(labels), torch.cat(masks)
+    for name, entry in collected.items():
+        rows, mean = compute_category_metrics(
+            torch.cat(entry["scores"]), labels_all, torch.cat(entry["maps"]), masks_all, categories
+        )
         print(f"{name:8s} " + " / ".join(f"{k} {100 * mean[k]:.1f}" for k in ("I-AUROC", "P-AUROC", "P-AP")))
         print(
             "         "

@@ -176,6 +176,12 @@ class OneNIP(AnomalyMethod):
         alpha = self.hparams.alpha
         return (1 - alpha) * rec_map + alpha * scale * ref
 
+    def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """Image score: max of the `image_score_pool` x `image_score_pool` average-pooled map, (N,)."""
+        k = self.hparams.image_score_pool
+        pooled = F.avg_pool2d(maps[:, None], k, stride=1)[:, 0] if k > 1 else maps
+        return pooled.flatten(1).amax(dim=1)
+
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
         dataset = self.trainer.datamodule.train_dataset
@@ -370,9 +376,7 @@ class OneNIP(AnomalyMethod):
             chosen = self._pool_choice(feats, categories, selection)
         rec = self.reconstruct(feats, None if chosen is None else self.pool_features[chosen], jitter=False)
         maps = self.score_maps(feats, rec, tuple(images.shape[-2:]))
-        k = self.hparams.image_score_pool
-        pooled = F.avg_pool2d(maps[:, None], k, stride=1)[:, 0] if k > 1 else maps
-        out: MethodOutput = {"anomaly_maps": maps, "pred_scores": pooled.flatten(1).amax(dim=1)}
+        out: MethodOutput = {"anomaly_maps": maps, "pred_scores": self.image_scores(maps)}
         if chosen is not None:
             out["categories"] = [self.pool_categories[int(self.pool_category[c])] for c in chosen]
         return out
