@@ -22,9 +22,9 @@ import torch
 from anomaly_zoo.backbones import FeatureExtractor
 from anomaly_zoo.methods.onenip import OneNIP
 
-BACKBONES = {
-    "efficientnet_lite0": ("tf_efficientnet_lite0", "package", "tf"),
-    "efficientnet_b4": ("efficientnet_b4", "random", "imagenet"),
+BACKBONES = {  # name: (timm name, weights, normalisation, static padding size)
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "package", "tf", None),
+    "efficientnet_b4": ("tf_efficientnet_b4", "random", "imagenet", 380),  # as conf/backbone/efficientnet_b4.yaml
 }
 
 
@@ -38,9 +38,10 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args()
-    timm_name, weights, norm = BACKBONES[args.backbone]
+    timm_name, weights, norm, static_pad = BACKBONES[args.backbone]
     device = torch.device(args.device)
-    backbone = FeatureExtractor(args.backbone, timm_name, [0, 1, 2, 3], weights=weights, normalization=norm)
+    backbone = FeatureExtractor(args.backbone, timm_name, [0, 1, 2, 3], weights=weights, normalization=norm,
+                                static_padding_size=static_pad)  # fmt: skip
     model = OneNIP(backbone, image_size=args.size, channels_last=args.channels_last).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
@@ -53,7 +54,7 @@ def main() -> None:
         with autocast:
             feats = model.features(images)
             losses = model._losses(images, feats, feats_for_prompt, rng, jitter=True)
-            loss = sum(losses.values())
+            loss = model.total_loss(losses)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)

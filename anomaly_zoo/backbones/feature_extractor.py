@@ -10,7 +10,9 @@ import timm
 import torch
 from torch import nn
 
+from anomaly_zoo.backbones.lukemelas import is_lukemelas_state, lukemelas_to_timm, unused_lukemelas_keys
 from anomaly_zoo.backbones.offline_weights import load_efficientnet_lite0
+from anomaly_zoo.backbones.same_padding import freeze_same_padding
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +29,59 @@ class BackboneWeightsError(RuntimeError):
     """Pretrained weights were asked for and cannot be loaded (never replaced by random weights)."""
 
 
+def _file_sources(timm_name: str) -> str:
+    """What backbone.weights_path may point at, for the error messages."""
+    sources = "a timm state dict (.safetensors/.pth/.bin)"
+    if "efficientnet" in timm_name:
+        sources += (
+            ", a lukemelas EfficientNet-PyTorch .pth (e.g. efficientnet-b4-6ed6700e.pth) or an official "
+            "OneNIP/UniAD checkpoint (its frozen backbone is used)"
+        )
+    return sources
+
+
+def _read_lukemelas_weights(path: Path) -> dict[str, torch.Tensor] | None:
+    """The lukemelas-named EfficientNet state in `path` (a lukemelas .pth, or an official OneNIP/UniAD checkpoint
+    `{"state_dict": {"module.backbone.<lukemelas key>": ...}}`), or None for any other file (timm loads those)."""
+    if path.suffix == ".safetensors":
+        return None  # lukemelas and the official code only write torch pickles
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise BackboneWeightsError(f"cannot read backbone.weights_path={path}: {type(err).__name__}: {err}") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        return None
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    return state if is_lukemelas_state(state) else None
+
+
 def _create_timm_model(timm_name: str, weights: str, weights_path: str | None, **kwargs) -> nn.Module:
     if weights == "file":
         if not weights_path or not Path(weights_path).is_file():
             raise BackboneWeightsError(
                 f"backbone '{timm_name}': weights=file but backbone.weights_path={weights_path!r} is not a file. "
-                "Point backbone.weights_path at a timm-compatible .safetensors/.pth/.bin state dict."
+                f"Point backbone.weights_path at {_file_sources(timm_name)}."
             )
-        return timm.create_model(
-            timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights_path)}, **kwargs
-        )
+        lukemelas = _read_lukemelas_weights(Path(weights_path))
+        if lukemelas is None:
+            return timm.create_model(
+                timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights_path)}, **kwargs
+            )
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        try:
+            model.load_state_dict(lukemelas_to_timm(lukemelas, model), strict=True)
+        except ValueError as err:
+            raise BackboneWeightsError(
+                f"backbone.weights_path={weights_path} does not fit '{timm_name}': {err}"
+            ) from err
+        unused = unused_lukemelas_keys(lukemelas, model)
+        log.info("backbone '%s': lukemelas weights from %s (%d keys unused: %s)", timm_name, weights_path,
+                 len(unused), ", ".join(sorted({k.split(".")[0] for k in unused})) or "none")  # fmt: skip
+        return model
     if weights == "hub":
         try:
             return timm.create_model(timm_name, pretrained=True, **kwargs)
@@ -46,7 +91,7 @@ def _create_timm_model(timm_name: str, weights: str, weights_path: str | None, *
                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
                 f"Download them on a machine with access (timm.create_model('{timm_name}', pretrained=True) "
                 "caches them under ~/.cache/huggingface) or pass a local file with "
-                "backbone.weights=file backbone.weights_path=/path/to/model.safetensors"
+                f"backbone.weights=file backbone.weights_path=/path/to/file: {_file_sources(timm_name)}"
             ) from err
     if weights == "package":
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
@@ -63,7 +108,9 @@ def _create_timm_model(timm_name: str, weights: str, weights_path: str | None, *
 class FeatureExtractor(nn.Module):
     """A frozen timm backbone returning feature maps of the chosen stages for [0, 1] RGB input.
 
-    It owns its input normalisation, so every method feeds it plain [0, 1] images.
+    It owns its input normalisation, so every method feeds it plain [0, 1] images. `static_padding_size` freezes
+    TF-style 'same' padding at that input size (lukemelas' EfficientNet-PyTorch, the official OneNIP/UniAD backbone:
+    380 for b4) instead of timm's padding for the actual size; None keeps timm's.
     """
 
     def __init__(
@@ -75,6 +122,7 @@ class FeatureExtractor(nn.Module):
         weights_path: str | None = None,
         normalization: str = "imagenet",
         model_kwargs: dict | None = None,
+        static_padding_size: int | None = None,
     ) -> None:
         super().__init__()
         if normalization not in NORMALIZATIONS:
@@ -88,10 +136,14 @@ class FeatureExtractor(nn.Module):
             "weights_path": weights_path,
             "normalization": normalization,
             "model_kwargs": dict(model_kwargs or {}),
+            "static_padding_size": static_padding_size,
         }
         self.model = _create_timm_model(
             timm_name, weights, weights_path, features_only=True, out_indices=tuple(out_indices), **(model_kwargs or {})
         )
+        if static_padding_size:
+            # TF 'same' padding frozen at this input size, as lukemelas' EfficientNet-PyTorch (same_padding.py)
+            freeze_same_padding(self.model, static_padding_size)
         self.model.eval().requires_grad_(False)
         mean, std = NORMALIZATIONS[normalization]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)

@@ -13,16 +13,23 @@ import torch.nn.functional as F
 
 from anomaly_zoo.backbones import FeatureExtractor
 from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
+from anomaly_zoo.methods.onenip.official_checkpoint import convert_official_state, official_kind
 from anomaly_zoo.methods.onenip.synthesis import PseudoAnomalyGenerator
 from anomaly_zoo.methods.onenip.torch_model import (
     ReconstructionTransformer,
     Refiner,
     StrideSixteenNeck,
     add_feature_jitter,
+    convert_row_col_layout,
     dice_loss,
 )
 
+#: Checkpoint marker of the official [column | row] position-embedding layout; checkpoints without it are converted.
+POSITION_LAYOUT = "col_row"
 PROMPT_SELECTIONS = ("cosine", "oracle")
+#: official: one MSE over both streams ((MSE_rec + MSE_res) / 2) + w * Dice without the factor 2, as the released
+#: code (tools/train_val.py + utils/criterion_helper.py); paper: Eq. 8, MSE_rec + MSE_res + w * Dice of Eq. 7.
+LOSSES = ("official", "paper")
 SCORE_SCALINGS = ("calibrated", "transductive", "none")
 
 
@@ -35,7 +42,9 @@ class OneNIP(AnomalyMethod):
 
     Training: each normal query image is paired with a random normal image of its class (the prompt); a
     pseudo-anomalous copy of the query is restored towards the clean features (restoration stream); the refiner
-    learns to segment |F - F̂| against [zeros; pseudo masks]. Loss = MSE_rec + MSE_res + dice_weight * Dice.
+    learns to segment |F - F̂| against [zeros; pseudo masks]. Loss (method.loss=official, the released code) =
+    (MSE_rec + MSE_res) / 2 + dice_weight * Dice (no factor 2); method.loss=paper: MSE_rec + MSE_res + dice_weight *
+    Dice (Eq. 7 with its factor 2).
     Inference: S = (1 - alpha) S_rec + alpha * c * M̂, image score = max of an average-pooled S.
     """
 
@@ -59,6 +68,7 @@ class OneNIP(AnomalyMethod):
         refiner: bool = True,
         refiner_hidden: int = 128,
         dice_weight: float = 0.5,
+        loss: str = "official",
         dtd_dir: str | None = None,
         alpha: float = 0.5,
         score_scaling: str = "calibrated",
@@ -83,6 +93,8 @@ class OneNIP(AnomalyMethod):
             raise ValueError(f"method.prompt_selection={prompt_selection!r} is not one of {PROMPT_SELECTIONS}")
         if score_scaling not in SCORE_SCALINGS:
             raise ValueError(f"method.score_scaling={score_scaling!r} is not one of {SCORE_SCALINGS}")
+        if loss not in LOSSES:
+            raise ValueError(f"method.loss={loss!r} is not one of {LOSSES}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"method.alpha={alpha} must be in [0, 1]")
         self.save_hyperparameters(ignore=["backbone"])
@@ -112,6 +124,8 @@ class OneNIP(AnomalyMethod):
         self._train_prompts: dict[str, list[int]] = {}
         self._feature_cache: dict[int, torch.Tensor] = {}
         self._test_scale: float | None = None
+        #: set when the weights came from an official checkpoint: {"kind", "unused_keys", "built_from_training_images"}
+        self.official_import: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ features and forward
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -209,7 +223,8 @@ class OneNIP(AnomalyMethod):
         self, images: torch.Tensor, feats: torch.Tensor, prompt_feats: torch.Tensor | None, rng: torch.Generator,
         jitter: bool,
     ) -> dict[str, torch.Tensor]:  # fmt: skip
-        """Reconstruction of the clean stream, restoration of the pseudo-anomalous one, refiner Dice."""
+        """Unweighted loss terms: reconstruction of the clean stream, restoration of the pseudo-anomalous one, the
+        refiner's Dice (`total_loss` combines them)."""
         streams, masks = [feats], [torch.zeros_like(images[:, 0])]
         if self.synthesis is not None:
             synthetic, synth_masks = self.synthesis(images, rng)
@@ -223,8 +238,17 @@ class OneNIP(AnomalyMethod):
             losses["res"] = F.mse_loss(rec[n:], feats)  # target: the clean features
         if self.refiner is not None:
             logits = self.refine((rec - inputs).abs(), tuple(images.shape[-2:]))
-            losses["dice"] = self.hparams.dice_weight * dice_loss(logits, torch.cat(masks))
+            losses["dice"] = dice_loss(logits, torch.cat(masks), doubled=self.hparams.loss == "paper")
         return losses
+
+    def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """method.loss=official: the MSE of both streams concatenated (equal sizes: the mean of the two terms);
+        paper: their sum (Eq. 8). Plus dice_weight * Dice."""
+        mse = [losses[k] for k in ("rec", "res") if k in losses]
+        total = sum(mse) / len(mse) if self.hparams.loss == "official" else sum(mse)
+        if "dice" in losses:
+            total = total + self.hparams.dice_weight * losses["dice"]
+        return total
 
     def _training_prompts(self, categories: Sequence[str]) -> torch.Tensor | None:
         if not self.transformer.uses_prompt:
@@ -242,7 +266,7 @@ class OneNIP(AnomalyMethod):
             feats = self.features(batch["image"])
         prompts = self._training_prompts(batch["category"])
         losses = self._losses(batch["image"], feats, prompts, self._rng, jitter=True)
-        loss = sum(losses.values())
+        loss = self.total_loss(losses)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=batch["image"].shape[0])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
@@ -256,7 +280,7 @@ class OneNIP(AnomalyMethod):
             picks = [pool[_stable_hash(p) % len(pool)] for pool, p in zip(pools, batch["path"], strict=True)]
             prompts = self._dataset_features(self.trainer.datamodule.train_dataset, picks)
         losses = self._losses(batch["image"], self.features(batch["image"]), prompts, rng, jitter=False)
-        self.log("val/loss", sum(losses.values()), prog_bar=True, sync_dist=True, batch_size=len(batch["path"]))
+        self.log("val/loss", self.total_loss(losses), prog_bar=True, sync_dist=True, batch_size=len(batch["path"]))
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -315,7 +339,9 @@ class OneNIP(AnomalyMethod):
                 prompts = self._pool_prompts(feats, categories, "oracle") if self.transformer.uses_prompt else None
                 rec_map = (self.reconstruct(feats, prompts, jitter=False) - feats).norm(dim=1)
                 lo, hi = min(lo, float(rec_map.min())), max(hi, float(rec_map.max()))
-        stats = self.all_gather(torch.tensor([-lo, hi], device=self.device))
+        stats = torch.tensor([-lo, hi], device=self.device)
+        if self._trainer is not None:  # DDP: every rank's range (also used outside a Trainer, by the converter)
+            stats = self.all_gather(stats)
         stats = stats.reshape(-1, 2).amax(0)
         self.rec_scale = torch.tensor((float(stats[1]) - float(stats[0])) / 2, device=self.device)
         self.train(was_training)
@@ -327,7 +353,10 @@ class OneNIP(AnomalyMethod):
 
     def _pool_choice(self, feats: torch.Tensor, categories: Sequence[str], selection: str) -> torch.Tensor:
         if self.pool_features.numel() == 0:
-            raise RuntimeError("OneNIP has no prompt pool: fit it (or load a checkpoint) before testing")
+            raise RuntimeError(
+                "OneNIP has no prompt pool: fit it, load a checkpoint of this framework, or turn an official "
+                "checkpoint into one with python -m anomaly_zoo.convert (it builds the pool from training images)"
+            )
         pool = F.normalize(self.pool_features.flatten(1), dim=1)
         sims = F.normalize(feats.flatten(1), dim=1) @ pool.T  # (N, K)
         if selection == "oracle":
@@ -342,7 +371,21 @@ class OneNIP(AnomalyMethod):
             )
         return self.pool_categories.index(category)
 
+    @torch.no_grad()
+    def complete_from_training_data(self, dataset) -> None:
+        """What an official checkpoint lacks, built from the training images as training would have: the prompt
+        pool, and the score scale (score_scaling=calibrated). Recorded in result_metadata."""
+        self._train_prompts = _deduplicated_by_category(dataset.samples)
+        self._build_prompt_pool(dataset)
+        built = ["prompt_pool"]
+        if self.refiner is not None and self.hparams.score_scaling == "calibrated":
+            self._calibrate_scale(dataset)
+            built.append("rec_scale")
+        self.official_import = {**(self.official_import or {}), "built_from_training_images": built}
+
     def on_test_start(self) -> None:
+        if self.transformer.uses_prompt and self.pool_features.numel() == 0:  # e.g. an official checkpoint
+            self.complete_from_training_data(self.trainer.datamodule.train_dataset)
         self._test_scale = None
         if self.refiner is not None and self.hparams.score_scaling == "transductive":
             self._test_scale = self._transductive_scale()
@@ -382,14 +425,39 @@ class OneNIP(AnomalyMethod):
         return out
 
     def result_metadata(self) -> dict[str, Any]:
-        meta = {"decoder": self.hparams.decoder, "score_scaling": self.hparams.score_scaling}
+        meta = {"decoder": self.hparams.decoder, "score_scaling": self.hparams.score_scaling, "loss": self.hparams.loss}
+        if self.official_import:
+            meta["official_checkpoint"] = self.official_import
         if self.transformer.uses_prompt:
             meta["prompt_selection"] = self.hparams.prompt_selection
         return meta
 
     # ------------------------------------------------------------------ checkpoint extras (weights_only-safe)
+    def _import_official(self, checkpoint: dict) -> None:
+        """In place: an official OneNIP/UniAD checkpoint becomes this framework's (renamed weights, empty prompt
+        pool and unit scale for complete_from_training_data to fill)."""
+        kind = {"dynamic": "onenip", "query": "uniad"}.get(self.hparams.decoder)
+        if kind is None:
+            raise ValueError(f"official checkpoints are OneNIP (decoder=dynamic) or UniAD (decoder=query) models, "
+                             f"not method.decoder={self.hparams.decoder}")  # fmt: skip
+        state, unused = convert_official_state(checkpoint["state_dict"], self, kind)
+        state.update(
+            pool_features=self.pool_features.new_empty(0, *self.pool_features.shape[1:]),
+            pool_category=self.pool_category.new_empty(0),
+            rec_scale=torch.tensor(1.0),
+            feature_statistics_fitted=torch.tensor(False),
+        )
+        checkpoint.clear()
+        checkpoint.update(
+            state_dict=state, position_layout=POSITION_LAYOUT, pool_categories=[],
+            official_import={"kind": kind, "unused_keys": unused},
+        )  # fmt: skip
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pool_categories"] = list(self.pool_categories)
+        checkpoint["position_layout"] = POSITION_LAYOUT
+        if self.official_import:
+            checkpoint["official_import"] = self.official_import
         np_state = np.random.get_state()
         checkpoint["rng_state"] = {
             "method": self._rng.get_state(),
@@ -400,8 +468,14 @@ class OneNIP(AnomalyMethod):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if official_kind(checkpoint.get("state_dict", {})):
+            self._import_official(checkpoint)
+        self.official_import = checkpoint.get("official_import")
         self.pool_categories = list(checkpoint.get("pool_categories", []))
         state = checkpoint.get("state_dict", {})
+        if checkpoint.get("position_layout") != POSITION_LAYOUT:  # written before the official layout: same model
+            convert_row_col_layout(state, self.transformer, "transformer.")
+            checkpoint["position_layout"] = POSITION_LAYOUT
         # Checkpoints from before feature standardisation existed: identity statistics are exactly that model.
         t = self.transformer
         state.setdefault("transformer.feature_mean", torch.zeros_like(t.feature_mean))

@@ -58,19 +58,37 @@ def add_feature_jitter(tokens: torch.Tensor, scale: float, probability: float, g
 
 
 class LearnedPositionEmbedding(nn.Module):
-    """Row and column embeddings of dim/2 each, concatenated (DETR/UniAD style)."""
+    """Column and row embeddings of dim/2 each, concatenated as [column | row] (the official code's layout, so
+    official weights load without permuting the hidden dimension). Initialised U(0, 1) as the official code."""
 
     def __init__(self, grid: tuple[int, int], dim: int) -> None:
         super().__init__()
         self.grid = grid
-        self.row = nn.Embedding(grid[0], dim // 2)
-        self.col = nn.Embedding(grid[1], dim - dim // 2)
+        self.row = nn.Embedding(grid[0], dim - dim // 2)
+        self.col = nn.Embedding(grid[1], dim // 2)
+        nn.init.uniform_(self.row.weight)
+        nn.init.uniform_(self.col.weight)
 
     def forward(self) -> torch.Tensor:
         h, w = self.grid
-        rows = self.row.weight[:, None, :].expand(h, w, -1)
         cols = self.col.weight[None, :, :].expand(h, w, -1)
-        return torch.cat([rows, cols], dim=-1).reshape(h * w, -1)  # (hw, dim)
+        rows = self.row.weight[:, None, :].expand(h, w, -1)
+        return torch.cat([cols, rows], dim=-1).reshape(h * w, -1)  # (hw, dim)
+
+
+@torch.no_grad()
+def official_init(module: nn.Module) -> None:
+    """The official code's initialiser (xavier_uniform): every Conv/ConvTranspose/Linear weight xavier-uniform with
+    a zero bias, BatchNorm to (1, 0). Attention input projections keep PyTorch's own init (also xavier-uniform, zero
+    bias), LayerNorms (1, 0), embeddings their own (position U(0, 1), UniAD's queries N(0, 1))."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class _MLP(nn.Sequential):
@@ -187,6 +205,7 @@ class ReconstructionTransformer(nn.Module):
                 TwoWayDecoderLayer(hidden, heads, ffn, dropout, decoder_residual) for _ in range(decoder_layers)
             )
             self.final_attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+            self.final_drop = nn.Dropout(dropout)  # on the final attention's output, as the official decoder
             self.final_norm = nn.LayerNorm(hidden)
         else:
             n_tokens = self.grid[0] * self.grid[1]
@@ -197,9 +216,7 @@ class ReconstructionTransformer(nn.Module):
             self.final_norm = nn.LayerNorm(hidden)
         window = tuple(neighbour_window) if neighbour_window else (self.grid[0] // 2, self.grid[1] // 2)
         self.register_buffer("mask", neighbour_mask(*self.grid, window) if window[0] > 0 else None, persistent=False)
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        official_init(self)
 
     def tokens(self, features: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) → (N, hw, C)."""
@@ -234,7 +251,7 @@ class ReconstructionTransformer(nn.Module):
             for layer in self.decoder:
                 prompt, image = layer(prompt, image, pos, self.mask)
             attn = self.final_attn(prompt + pos, image + pos, image, need_weights=False)[0]
-            out = self.final_norm(prompt + attn)
+            out = self.final_norm(prompt + self.final_drop(attn))
         else:
             out = image
             for layer in self.decoder:
@@ -251,6 +268,41 @@ class ReconstructionTransformer(nn.Module):
         return tokens.transpose(1, 2).reshape(n, c, *self.grid)
 
 
+@torch.no_grad()
+def convert_row_col_layout(state: dict[str, torch.Tensor], transformer: ReconstructionTransformer, prefix: str) -> None:
+    """In place: weights of a model whose position embedding was [row | col] (anomaly_zoo before the official
+    layout) → the same function under [col | row].
+
+    Swapping the two halves of the hidden dimension everywhere is an exact symmetry (LayerNorm and attention are
+    equivariant to a consistent permutation), so every tensor that reads the hidden stream gets its input axis
+    permuted and every tensor that writes it its output axis; the attention heads' own q/k/v axes stay.
+    """
+    hidden = transformer.input_proj.out_features
+    perm = torch.cat([torch.arange(hidden // 2, hidden), torch.arange(hidden // 2)])
+
+    def permute(key: str, dim: int) -> None:
+        if prefix + key in state:
+            state[prefix + key] = state[prefix + key].index_select(dim, perm.to(state[prefix + key].device))
+
+    for name, m in transformer.named_modules():
+        at = f"{name}." if name else ""
+        if isinstance(m, nn.MultiheadAttention):
+            permute(at + "in_proj_weight", 1)
+            permute(at + "out_proj.weight", 0)
+            permute(at + "out_proj.bias", 0)
+        elif isinstance(m, nn.LayerNorm):
+            permute(at + "weight", 0)
+            permute(at + "bias", 0)
+        elif isinstance(m, nn.Embedding) and not name.startswith("pos."):
+            permute(at + "weight", 1)  # UniAD's learned queries live in the hidden stream
+        elif isinstance(m, nn.Linear) and not name.endswith(".out_proj"):
+            if m.out_features == hidden and name != "output_proj":
+                permute(at + "weight", 0)
+                permute(at + "bias", 0)
+            if m.in_features == hidden and name != "input_proj":
+                permute(at + "weight", 1)
+
+
 class Refiner(nn.Module):
     """2 × (3×3 conv, BN, ReLU, 2×2 transposed conv) + 1×1 conv on |F − F̂|: an anomaly logit at 4× the token grid."""
 
@@ -265,16 +317,21 @@ class Refiner(nn.Module):
                 nn.ConvTranspose2d(hidden, hidden, 2, stride=2),
             ]
         self.body = nn.Sequential(*blocks, nn.Conv2d(hidden, 1, 1))
+        official_init(self)
 
     def forward(self, residual: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
         logits = self.body(residual)
         return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)[:, 0]
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Soft Dice with squared denominators (p = 2), per sample, then mean (as the official DiceLoss)."""
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, doubled: bool = False) -> torch.Tensor:
+    """Soft Dice with squared denominators (p = 2), per sample, then mean.
+
+    `doubled=False` is the official DiceLoss: 1 - (Σ p·y + s) / (Σ p² + Σ y² + s); `doubled=True` is the paper's
+    Eq. 7 with the usual factor 2 on the overlap.
+    """
     prob = torch.sigmoid(logits).flatten(1)
     target = target.flatten(1)
-    num = 2 * (prob * target).sum(1) + smooth
+    num = (2 if doubled else 1) * (prob * target).sum(1) + smooth
     den = (prob**2).sum(1) + (target**2).sum(1) + smooth
     return (1 - num / den).mean()

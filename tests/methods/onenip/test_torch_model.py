@@ -13,6 +13,7 @@ from anomaly_zoo.methods.onenip.torch_model import (
     StrideSixteenNeck,
     TwoWayDecoderLayer,
     add_feature_jitter,
+    convert_row_col_layout,
     dice_loss,
     neighbour_mask,
 )
@@ -95,9 +96,80 @@ def test_dice_loss_hand_computed():
     target[0, 0, 0] = 1
     perfect = torch.full((1, 2, 2), -50.0)
     perfect[0, 0, 0] = 50.0
-    assert dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
-    zero_logits = torch.zeros(1, 2, 2)  # p = 0.5 everywhere: 1 - (2*0.5 + 1) / (4*0.25 + 1 + 1) = 1/3
-    assert dice_loss(zero_logits, target).item() == pytest.approx(1 / 3)
+    zero_logits = torch.zeros(1, 2, 2)  # p = 0.5 everywhere
+    # Paper, Eq. 7 (overlap doubled): 0 when perfect; 1 - (2*0.5 + 1) / (4*0.25 + 1 + 1) = 1/3 at p = 0.5.
+    assert dice_loss(perfect, target, doubled=True).item() == pytest.approx(0.0, abs=1e-6)
+    assert dice_loss(zero_logits, target, doubled=True).item() == pytest.approx(1 / 3)
+    # Official DiceLoss (the default; no factor 2): 1 - (1 + 1) / (1 + 1 + 1) = 1/3 even when perfect, and
+    # 1 - (0.5 + 1) / (1 + 1 + 1) = 1/2 at p = 0.5.
+    assert dice_loss(perfect, target).item() == pytest.approx(1 / 3, abs=1e-6)
+    assert dice_loss(zero_logits, target).item() == pytest.approx(1 / 2)
+
+
+def test_official_initialisation():
+    torch.manual_seed(0)
+    onenip = ReconstructionTransformer(272, (14, 14), "dynamic")
+    uniad = ReconstructionTransformer(272, (14, 14), "query")
+    refiner = Refiner(272)
+    linears = [m for m in [*onenip.modules(), *refiner.modules()] if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    assert all(m.bias is None or not m.bias.any() for m in linears)  # zero biases (PyTorch's default is not)
+    # xavier-uniform bound sqrt(6 / (fan_in + fan_out)) on the input projection (272 -> 256)
+    bound = (6 / (272 + 256)) ** 0.5
+    w = onenip.input_proj.weight
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    pos = onenip.pos.row.weight
+    assert pos.min() >= 0 and pos.max() <= 1 and 0.4 < pos.mean() < 0.6  # U(0, 1)
+    queries = uniad.decoder[0].queries.weight
+    assert 0.95 < queries.std() < 1.05  # N(0, 1), not xavier (std ~0.06 here)
+    conv = refiner.body[0].weight  # xavier, not PyTorch's kaiming-uniform default
+    assert conv.abs().max() <= (6 / ((272 + 128) * 9)) ** 0.5
+
+
+def test_position_embedding_is_column_then_row():
+    pos = ReconstructionTransformer(
+        8, (2, 3), "query", hidden=4, heads=1, ffn=8, encoder_layers=1, decoder_layers=1
+    ).pos
+    table = pos()  # token (y, x) = y * 3 + x
+    assert torch.equal(table[1 * 3 + 2], torch.cat([pos.col.weight[2], pos.row.weight[1]]))
+
+
+def test_final_attention_output_has_dropout_in_training():
+    torch.manual_seed(0)
+    model = ReconstructionTransformer(8, (2, 2), "dynamic", hidden=8, heads=1, ffn=8, encoder_layers=1,
+                                      decoder_layers=1, dropout=0.1)  # fmt: skip
+    assert model.final_drop.p == 0.1
+    model.decoder[0].eval()  # only the final block in training mode
+    model.final_attn.dropout = 0.0
+    x = torch.randn(1, 4, 8)
+    outs = [model.decode(x, x) for _ in range(2)]
+    assert not torch.allclose(*outs)
+    model.eval()
+    assert torch.allclose(model.decode(x, x), model.decode(x, x))
+
+
+def test_row_col_checkpoints_convert_to_the_same_function():
+    torch.manual_seed(0)
+    for decoder in ("dynamic", "query"):
+        model = ReconstructionTransformer(24, (3, 4), decoder, hidden=16, heads=2, ffn=16, encoder_layers=1,
+                                          decoder_layers=2, dropout=0.0).eval()  # fmt: skip
+        tokens, prompt = torch.randn(2, 12, 24), torch.randn(2, 12, 24)
+
+        def run(m, tokens=tokens, prompt=prompt):
+            return m.decode(m.encode(tokens), m.encode(prompt) if m.uses_prompt else None)
+
+        # the layout before: [row | col]
+        legacy_pos = lambda p=model.pos: torch.cat(  # noqa: E731
+            [p.row.weight[:, None].expand(3, 4, -1), p.col.weight[None].expand(3, 4, -1)], -1
+        ).reshape(12, -1)
+        original = model.pos.forward
+        model.pos.forward = legacy_pos
+        expected = run(model)
+        model.pos.forward = original
+        assert not torch.allclose(run(model), expected, atol=1e-3)  # the layouts really differ
+        state = {f"transformer.{k}": v.clone() for k, v in model.state_dict().items()}
+        convert_row_col_layout(state, model, "transformer.")
+        model.load_state_dict({k.removeprefix("transformer."): v for k, v in state.items()})
+        torch.testing.assert_close(run(model), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_feature_jitter_scale_matches_uniad():
