@@ -26,7 +26,9 @@ from anomaly_zoo.methods.onenip.torch_model import (
 
 #: Checkpoint marker of the official [column | row] position-embedding layout; checkpoints without it are converted.
 POSITION_LAYOUT = "col_row"
-PROMPT_SELECTIONS = ("cosine", "oracle")
+#: cosine: the most similar pool image (paper); oracle: the most similar of the ground-truth class; random: a random
+#: pool image of the ground-truth class per test image (the official test loader's random.choice; seeded here).
+PROMPT_SELECTIONS = ("cosine", "oracle", "random")
 #: official: one MSE over both streams ((MSE_rec + MSE_res) / 2) + w * Dice without the factor 2, as the released
 #: code (tools/train_val.py + utils/criterion_helper.py); paper: Eq. 8, MSE_rec + MSE_res + w * Dice of Eq. 7.
 LOSSES = ("official", "paper")
@@ -124,6 +126,7 @@ class OneNIP(AnomalyMethod):
         self._train_prompts: dict[str, list[int]] = {}
         self._feature_cache: dict[int, torch.Tensor] = {}
         self._test_scale: float | None = None
+        self._test_rng = torch.Generator().manual_seed(seed)  # prompt_selection=random
         #: set when the weights came from an official checkpoint: {"kind", "unused_keys", "built_from_training_images"}
         self.official_import: dict[str, Any] | None = None
 
@@ -359,15 +362,18 @@ class OneNIP(AnomalyMethod):
             )
         pool = F.normalize(self.pool_features.flatten(1), dim=1)
         sims = F.normalize(feats.flatten(1), dim=1) @ pool.T  # (N, K)
-        if selection == "oracle":
+        if selection in ("oracle", "random"):
             allowed = torch.stack([self.pool_category == self._category_id(c) for c in categories])
+            if selection == "random":  # uniform among the class's entries: the argmax of i.i.d. uniform draws
+                sims = torch.rand(sims.shape, generator=self._test_rng).to(sims)
             sims = sims.masked_fill(~allowed, float("-inf"))
         return sims.argmax(dim=1)
 
     def _category_id(self, category: str) -> int:
         if category not in self.pool_categories:
             raise ValueError(
-                f"prompt_selection=oracle: category {category!r} has no prompt (trained on {self.pool_categories})"
+                f"prompt_selection={self.hparams.prompt_selection}: category {category!r} has no prompt "
+                f"(trained on {self.pool_categories})"
             )
         return self.pool_categories.index(category)
 
@@ -386,7 +392,14 @@ class OneNIP(AnomalyMethod):
     def on_test_start(self) -> None:
         if self.transformer.uses_prompt and self.pool_features.numel() == 0:  # e.g. an official checkpoint
             self.complete_from_training_data(self.trainer.datamodule.train_dataset)
+        elif self.transformer.uses_prompt and len(self.pool_features) < self.hparams.prompt_pool_size * len(
+            self.pool_categories
+        ):  # a larger pool asked for at test time (e.g. experiment=onenip_official_eval): same seed, more images
+            dataset = self.trainer.datamodule.train_dataset
+            if len(self.pool_features) < sum(map(len, _deduplicated_by_category(dataset.samples).values())):
+                self._build_prompt_pool(dataset)
         self._test_scale = None
+        self._test_rng.manual_seed(self.hparams.seed)  # the same random prompts on every test run
         if self.refiner is not None and self.hparams.score_scaling == "transductive":
             self._test_scale = self._transductive_scale()
         elif self.hparams.score_scaling == "none":

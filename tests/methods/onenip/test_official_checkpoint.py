@@ -7,6 +7,7 @@ The layouts are the official models' state_dict keys/shapes as tools/train_val.p
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,63 @@ def test_official_checkpoint_is_a_backbone_weights_source(tmp_path):
                           static_padding_size=380)  # fmt: skip
     assert torch.equal(fx.model.blocks[2][0].conv_dw.weight, state["module.backbone._blocks.6._depthwise_conv.weight"])
     assert torch.equal(fx.model.bn1.running_var, state["module.backbone._bn0.running_var"])
+
+
+def test_official_checkpoint_through_test_and_convert(compose_cfg, tmp_path):
+    """`anomaly_zoo.test ckpt_path=<official>` builds the prompt pool and score scale from the training images and
+    records it; `anomaly_zoo.convert` writes a framework checkpoint that scores exactly as that completed model."""
+    from hydra.utils import instantiate
+
+    from anomaly_zoo.convert import convert
+    from anomaly_zoo.runner import instantiate_method, run
+
+    official = tmp_path / "ckpt.pkl"
+    torch.save({"epoch": 1000, "state_dict": official_state("onenip")}, official)
+    overrides = [
+        "method=onenip", "backbone=efficientnet_b4", "backbone.weights=file", f"backbone.weights_path={official}",
+        "dataset.categories=[logo]", "dataset.image_size=224", "dataset.eval_batch_size=8", f"ckpt_path={official}",
+        "eval.heatmaps_per_category=0",
+    ]  # fmt: skip
+    cfg = compose_cfg("test", overrides)
+    res = json.loads(Path(run(cfg, fit=False)["results_path"]).read_text())
+    assert res["official_checkpoint"]["kind"] == "onenip"
+    assert res["official_checkpoint"]["built_from_training_images"] == ["prompt_pool", "rec_scale"]
+
+    out = tmp_path / "converted.ckpt"
+    convert(compose_cfg("convert", [*overrides, f"output={out}"]))
+    with pytest.raises(FileExistsError, match="exists"):
+        convert(compose_cfg("convert", [*overrides, f"output={out}"]))  # never overwritten
+    converted = instantiate_method(cfg)
+    load_checkpoint_weights(converted, out)
+    reference = instantiate_method(cfg)
+    load_checkpoint_weights(reference, official)
+    datamodule = instantiate(cfg.dataset)
+    datamodule.setup("fit")
+    reference.complete_from_training_data(datamodule.train_dataset)
+    assert converted.pool_features.shape[0] == 1 and float(converted.rec_scale) == float(reference.rec_scale) != 1.0
+    x = torch.stack([datamodule.train_dataset[i]["image"] for i in range(2)])
+    a, b = converted.eval().predict_batch(x, ["logo"] * 2), reference.eval().predict_batch(x, ["logo"] * 2)
+    assert torch.equal(a["anomaly_maps"], b["anomaly_maps"])
+    assert converted.official_import["built_from_training_images"] == ["prompt_pool", "rec_scale"]
+
+
+def test_random_prompts_come_from_the_ground_truth_class_and_are_seeded():
+    lite0 = FeatureExtractor("lite0", "tf_efficientnet_lite0", [0, 1, 2, 3], weights="package", normalization="tf")
+    model = OneNIP(lite0, image_size=64, hidden=16, heads=2, ffn=16, encoder_layers=1, decoder_layers=1,
+                   prompt_selection="random", seed=3).eval()  # fmt: skip
+    model.pool_features = torch.randn(6, model.neck.channels, 4, 4)
+    model.pool_category = torch.tensor([0, 0, 0, 1, 1, 1])
+    model.pool_categories = ["a", "b"]
+    feats = torch.randn(40, model.neck.channels, 4, 4)
+    categories = ["a", "b"] * 20
+
+    def draw():
+        model._test_rng.manual_seed(3)  # what on_test_start does
+        return model._pool_choice(feats, categories, "random")
+
+    first = draw()
+    assert torch.equal(model.pool_category[first], torch.tensor([0, 1] * 20))  # never another class's image
+    assert len(set(first[0::2].tolist())) == 3 and len(set(first[1::2].tolist())) == 3  # every entry gets drawn
+    assert torch.equal(first, draw())  # seeded: the same prompts on every test run
+    oracle = model._pool_choice(feats, categories, "oracle")
+    assert torch.equal(model.pool_category[oracle], torch.tensor([0, 1] * 20))
