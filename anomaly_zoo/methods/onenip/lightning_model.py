@@ -343,7 +343,7 @@ class OneNIP(AnomalyMethod):
                 rec_map = (self.reconstruct(feats, prompts, jitter=False) - feats).norm(dim=1)
                 lo, hi = min(lo, float(rec_map.min())), max(hi, float(rec_map.max()))
         stats = torch.tensor([-lo, hi], device=self.device)
-        if self._trainer is not None:  # DDP: every rank's range (also used outside a Trainer, by the converter)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # DDP: every rank's range
             stats = self.all_gather(stats)
         stats = stats.reshape(-1, 2).amax(0)
         self.rec_scale = torch.tensor((float(stats[1]) - float(stats[0])) / 2, device=self.device)

@@ -1,6 +1,7 @@
 """OneNIP and UniAD networks (pure nn.Modules; training glue in lightning_model.py).
 
-Spec: shared/papers/onenip.txt and shared/spec/reference_implementations.md §2-3. Token tensors are
+The OneNIP paper (Gao et al., ECCV 2024) as the official code (github.com/gaobb/OneNIP @ e93dec5) implements it:
+tests/methods/onenip/test_official_onenip.py checks each module against that code. Token tensors are
 (batch, tokens, channels) here (batch_first attention, so PyTorch can use its fused SDPA kernels).
 """
 
