@@ -12,7 +12,7 @@ level to), built from diffusers' DDIM grid of the model's scheduler config ("lea
   samples on a 100-step grid from index ss (t=591, 60 steps) and its last step goes t=1 → t=1 (prev_t is clamped
   to 1), a step that changes the latent only by float rounding but is run, as there.
 The update is the deterministic DDIM step written out (epsilon, v or sample prediction), in the official loops'
-operation order, so both schedules share one code path and the official one agrees with the script to rounding.
+operation order, so both schedules share one code path and the official one agrees with the script bit for bit.
 """
 
 from __future__ import annotations
@@ -101,12 +101,22 @@ class InversionSchedule:
 
 
 def ddim_update(
-    latents: torch.Tensor, model_output: torch.Tensor, alpha_src: torch.Tensor, alpha_dst: torch.Tensor, prediction: str
+    latents: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_src: torch.Tensor,
+    alpha_dst: torch.Tensor,
+    prediction: str,
+    inverse: bool = False,
 ) -> torch.Tensor:
     """Deterministic DDIM step (eta = 0) between two noise levels, either direction: predict the clean latent and the
-    noise from the model output, then re-noise to `alpha_dst`."""
+    noise from the model output, then re-noise to `alpha_dst`. For epsilon models the arithmetic follows the official
+    loops' operation order (sample(); invert() when `inverse`), so the results agree with them bit for bit."""
     if prediction == "epsilon":
         eps = model_output
+        if inverse:
+            return (latents - (1 - alpha_src).sqrt() * eps) * (alpha_dst.sqrt() / alpha_src.sqrt()) + (
+                1 - alpha_dst
+            ).sqrt() * eps
         x0 = (latents - (1 - alpha_src).sqrt() * eps) / alpha_src.sqrt()
     elif prediction == "v_prediction":
         x0 = alpha_src.sqrt() * latents - (1 - alpha_src).sqrt() * model_output
@@ -196,7 +206,7 @@ class DiffusionReconstructor(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        images = self.parts.vae.decode(latents / self.scaling_factor).sample
+        images = self.parts.vae.decode(1 / self.scaling_factor * latents).sample
         return (images / 2 + 0.5).clamp(0, 1)  # diffusers' decode_latents arithmetic (same rounding)
 
     def _guided_eps(self, latents: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor):
@@ -215,18 +225,18 @@ class DiffusionReconstructor(nn.Module):
         return [s.unet_t for s in self.sampling_steps]
 
     @torch.no_grad()
-    def run_steps(self, latents: torch.Tensor, steps: Sequence[DDIMStep], cond, uncond) -> torch.Tensor:
+    def run_steps(self, latents: torch.Tensor, steps: Sequence[DDIMStep], cond, uncond, inverse: bool) -> torch.Tensor:
         alphas = self.alphas_cumprod.to(latents.device)
         for step in steps:
             out = self._guided_eps(latents, step.unet_t, cond, uncond)
-            latents = ddim_update(latents, out, alphas[step.src], alphas[step.dst], self.prediction).to(latents.dtype)
+            latents = ddim_update(latents, out, alphas[step.src], alphas[step.dst], self.prediction, inverse)
         return latents
 
     def invert(self, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-        return self.run_steps(latents, self.inversion_steps, cond, uncond)
+        return self.run_steps(latents, self.inversion_steps, cond, uncond, inverse=True)
 
     def denoise(self, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-        return self.run_steps(latents, self.sampling_steps, cond, uncond)
+        return self.run_steps(latents, self.sampling_steps, cond, uncond, inverse=False)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:

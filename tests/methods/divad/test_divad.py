@@ -107,7 +107,8 @@ def test_ddim_update_equals_diffusers_steps(prediction):
     expected = sampler.step(out, 1, x, eta=0.0).prev_sample  # to the clean end
     assert torch.allclose(ddim_update(x, out, alphas[1], alphas[0], prediction), expected, atol=1e-5)
     expected = inverter.step(out, 181, x).prev_sample  # inversion 161 -> 181, model output at the target t
-    assert torch.allclose(ddim_update(x, out, alphas[161], alphas[181], prediction), expected, atol=1e-5)
+    for inverse in (False, True):  # the operation order of sample() or of invert(): the same step
+        assert torch.allclose(ddim_update(x, out, alphas[161], alphas[181], prediction, inverse), expected, atol=1e-5)
 
 
 def test_zero_unet_round_trip_is_exact(parts):
