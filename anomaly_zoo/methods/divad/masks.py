@@ -109,5 +109,5 @@ def cutler_masks(
     for image_path in image_paths:
         arr = _read_mask(_cutler_mask_file(image_path, dataset_root, mask_dir))
         resized = Image.fromarray(arr).resize((size, size), Image.Resampling.NEAREST)
-        out.append(torch.from_numpy(np.asarray(resized, dtype=bool)).float())
+        out.append(torch.from_numpy(np.array(resized, dtype=bool)).float())
     return torch.stack(out)
