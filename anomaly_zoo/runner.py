@@ -176,6 +176,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.dataset)
     method = instantiate_method(cfg)
     datamodule.use_train_split = method.requires_training
+    datamodule.views = method.input_views()
     collector = EvaluationCollector()
     callbacks: list = [collector]
     if fit and method.requires_training:

@@ -21,7 +21,12 @@ import time
 
 import torch
 
-from anomaly_zoo.methods.divad.pipeline import DiffusionReconstructor, InversionSchedule, StableDiffusionParts
+from anomaly_zoo.methods.divad.pipeline import (
+    DDIMStep,
+    DiffusionReconstructor,
+    InversionSchedule,
+    StableDiffusionParts,
+)
 
 
 def sd21_base_random(dtype: torch.dtype) -> StableDiffusionParts:
@@ -87,7 +92,9 @@ def main() -> None:
     del fast, fast_parts
 
     naive_parts = sd21_base_random(torch.float32).to(device)
-    naive = DiffusionReconstructor(naive_parts, InversionSchedule(50, 48, 100, 40), resolution=args.size)
+    naive = DiffusionReconstructor(naive_parts, InversionSchedule.official(), resolution=args.size)
+    # the script computes all 48 inversion latents and keeps the 8th: time its 48 + 60 UNet calls
+    naive.inversion_steps = [DDIMStep(t, t - 20, t) for t in range(21, 981, 20)]
     naive._text_cache.clear()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -13,9 +13,10 @@ from torch.utils.data import DataLoader
 
 from anomaly_zoo.backbones.feature_extractor import NORMALIZATIONS
 from anomaly_zoo.data import synthetic
-from anomaly_zoo.data.image_dataset import AnomalyImageDataset
+from anomaly_zoo.data.image_dataset import MASK_RESIZES, AnomalyImageDataset
 from anomaly_zoo.data.registry import DatasetInfo, get_dataset_info
 from anomaly_zoo.data.samples import Sample, index_category, index_folder
+from anomaly_zoo.data.views import ImageView
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("unified", "per_category")
@@ -25,7 +26,8 @@ class AnomalyDataModule(LightningDataModule):
     """Train (normal only), optional validation (held-out normals) and test splits of one dataset.
 
     protocol=unified: the union of `categories` (default: all), one model for all; per_category: just `category`.
-    Images come in [0, 1] unless `normalization` says otherwise; masks are resized (nearest) to the image size.
+    Images come in [0, 1] unless `normalization` says otherwise; masks are resized to the image size
+    (`mask_resize`: nearest, or the official DIVAD evaluation's bilinear-then-non-zero).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class AnomalyDataModule(LightningDataModule):
         seed: int = 0,
         download: bool = False,
         require_masks: bool = True,
+        mask_resize: str = "nearest",
         # folder layout only
         normal_dir: str | None = None,
         abnormal_dir: str | Sequence[str] | None = None,
@@ -57,6 +60,8 @@ class AnomalyDataModule(LightningDataModule):
             raise ValueError(f"dataset.protocol={protocol!r} is not one of {PROTOCOLS}")
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"dataset.normalization={normalization!r} is not one of {sorted(NORMALIZATIONS)}")
+        if mask_resize not in MASK_RESIZES:
+            raise ValueError(f"dataset.mask_resize={mask_resize!r} is not one of {MASK_RESIZES}")
         if not 0.0 <= val_ratio < 1.0:
             raise ValueError(f"dataset.val_ratio={val_ratio} must be in [0, 1)")
         self.info: DatasetInfo = get_dataset_info(name)
@@ -64,6 +69,7 @@ class AnomalyDataModule(LightningDataModule):
         self.image_size, self.normalization = image_size, normalization
         self.train_batch_size, self.eval_batch_size, self.num_workers = train_batch_size, eval_batch_size, num_workers
         self.val_ratio, self.seed, self.download, self.require_masks = val_ratio, seed, download, require_masks
+        self.mask_resize = mask_resize
         self.folder = {
             "normal_dir": normal_dir,
             "abnormal_dir": abnormal_dir,
@@ -75,6 +81,8 @@ class AnomalyDataModule(LightningDataModule):
         self.categories = self._resolve_categories(category, categories)
         #: False for training-free methods: the train split is not indexed (it need not even exist on disk).
         self.use_train_split = True
+        #: The method's input views (AnomalyMethod.input_views), rendered by the datasets from the same decode.
+        self.views: dict[str, ImageView] = {}
         self.train_dataset: AnomalyImageDataset | None = None
         self.val_dataset: AnomalyImageDataset | None = None
         self.test_dataset: AnomalyImageDataset | None = None
@@ -129,7 +137,11 @@ class AnomalyDataModule(LightningDataModule):
             keep = np.setdiff1d(np.arange(len(cat_train)), cut)
             train += [cat_train[i] for i in keep]
             test += sorted(cat_test, key=lambda s: s.image_path)
-        make = lambda s: AnomalyImageDataset(s, self.image_size, self.normalization, self.require_masks)  # noqa: E731
+
+        def make(s: list[Sample]) -> AnomalyImageDataset:
+            return AnomalyImageDataset(s, self.image_size, self.normalization, self.require_masks, self.mask_resize,
+                                       self.views)  # fmt: skip
+
         self.train_dataset, self.val_dataset, self.test_dataset = make(train), make(val), make(test)
         log.info(
             "dataset=%s protocol=%s categories=%s: %d train, %d val, %d test images",

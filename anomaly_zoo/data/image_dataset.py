@@ -13,6 +13,12 @@ from torchvision.transforms.v2 import functional as TF
 
 from anomaly_zoo.backbones.feature_extractor import NORMALIZATIONS
 from anomaly_zoo.data.samples import Sample
+from anomaly_zoo.data.views import ImageView, render_views
+
+#: How ground-truth masks reach the evaluation size. nearest: nearest neighbour; bilinear_nonzero: PIL bilinear
+#: on the 0/255 mask, then every non-zero pixel is defective (the official DIVAD evaluation: torchvision Resize,
+#: then `> 0` in its metric code), which grows defects by about a pixel when downscaling.
+MASK_RESIZES = ("nearest", "bilinear_nonzero")
 
 
 class ImageReadError(ValueError):
@@ -42,8 +48,20 @@ def read_mask(path: str | Path, image_size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def resize_mask(mask: np.ndarray, size: tuple[int, int], mode: str = "nearest") -> torch.Tensor:
+    """(H, W) bool mask → (size) float in {0, 1} (`size` is (H, W)); `mode` one of MASK_RESIZES."""
+    if mode == "bilinear_nonzero":
+        pil = Image.fromarray(mask.astype(np.uint8) * 255).resize(size[::-1], Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(pil) > 0).float()
+    if mode != "nearest":
+        raise ValueError(f"dataset.mask_resize={mode!r} is not one of {MASK_RESIZES}")
+    resized = TF.resize(torch.from_numpy(mask).float()[None], list(size), interpolation=TF.InterpolationMode.NEAREST)
+    return resized[0]
+
+
 class AnomalyImageDataset(Dataset):
-    """Yields dicts: image (3,H,W) float, mask (H,W) float in {0,1}, label, category, path, index."""
+    """Yields dicts: image (3,H,W) float, mask (H,W) float in {0,1}, label, category, path, index, and `views`
+    (name → (3,h,w) in [0, 1]) when input views are asked for."""
 
     def __init__(
         self,
@@ -51,12 +69,18 @@ class AnomalyImageDataset(Dataset):
         image_size: int | Sequence[int],
         normalization: str = "none",
         require_masks: bool = True,
+        mask_resize: str = "nearest",
+        views: dict[str, ImageView] | None = None,
     ) -> None:
+        if mask_resize not in MASK_RESIZES:
+            raise ValueError(f"dataset.mask_resize={mask_resize!r} is not one of {MASK_RESIZES}")
         self.samples = list(samples)
         self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         mean, std = NORMALIZATIONS[normalization]
         self.mean, self.std = list(mean), list(std)
         self.require_masks = require_masks
+        self.mask_resize = mask_resize
+        self.views = dict(views or {})
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -68,8 +92,7 @@ class AnomalyImageDataset(Dataset):
         image = TF.resize(image, list(self.size), antialias=True)
         image = TF.normalize(image, self.mean, self.std)
         if sample.mask_path is not None:
-            mask = torch.from_numpy(read_mask(sample.mask_path, pil.size)).float()[None]
-            mask = TF.resize(mask, list(self.size), interpolation=TF.InterpolationMode.NEAREST)[0]
+            mask = resize_mask(read_mask(sample.mask_path, pil.size), self.size, self.mask_resize)
         elif sample.label == 1 and self.require_masks:
             raise ImageReadError(
                 f"defective test image {sample.image_path} has no ground-truth mask; pixel metrics need one. "
@@ -77,7 +100,7 @@ class AnomalyImageDataset(Dataset):
             )
         else:
             mask = torch.zeros(self.size, dtype=torch.float32)
-        return {
+        item = {
             "image": image,
             "mask": mask,
             "label": sample.label,
@@ -85,3 +108,6 @@ class AnomalyImageDataset(Dataset):
             "path": sample.image_path,
             "index": index,
         }
+        if self.views:
+            item["views"] = render_views(pil, self.views)
+        return item

@@ -13,6 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from anomaly_zoo.data.image_dataset import ImageReadError, read_rgb
+from anomaly_zoo.data.views import ImageView, render_views
 from anomaly_zoo.methods.base import AnomalyMethod
 from anomaly_zoo.reporting import save_overlay
 from anomaly_zoo.reporting.html_report import write_report
@@ -60,9 +61,11 @@ def _check_output(output: Path, planned: list[str], overwrite: bool) -> None:
         )
 
 
-def _load(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    image = TF.to_dtype(TF.pil_to_tensor(read_rgb(path)), torch.float32, scale=True)
-    return TF.resize(image, list(size), antialias=True)
+def _load(path: Path, size: tuple[int, int], views: dict[str, ImageView]) -> tuple[torch.Tensor, dict]:
+    """The image at `size` and the method's input views, from one decode (as the dataset does)."""
+    pil = read_rgb(path)
+    image = TF.to_dtype(TF.pil_to_tensor(pil), torch.float32, scale=True)
+    return TF.resize(image, list(size), antialias=True), render_views(pil, views)
 
 
 @torch.no_grad()
@@ -86,13 +89,16 @@ def predict_folder(
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     size = (image_size, image_size)
     method.eval()
+    views = method.input_views()
     maps_by_row: dict[int, np.ndarray] = {}
     for start in tqdm(range(0, len(rows), batch_size), desc="predicting", unit="batch"):
         batch_rows = list(range(start, min(start + batch_size, len(rows))))
-        tensors, ok = [], []
+        tensors, rendered, ok = [], [], []
         for i in batch_rows:
             try:
-                tensors.append(_load(images[i], size))
+                tensor, extra = _load(images[i], size, views)
+                tensors.append(tensor)
+                rendered.append(extra)
                 ok.append(i)
             except ImageReadError as err:
                 rows[i].error = str(err)
@@ -100,7 +106,10 @@ def predict_folder(
         if not ok:
             continue
         paths = [str(images[i]) for i in ok]
-        out = method.score_batch(torch.stack(tensors).to(method.device), [category or ""] * len(ok), paths)
+        batch_views = {k: torch.stack([r[k] for r in rendered]).to(method.device) for k in views}
+        out = method.score_batch(
+            torch.stack(tensors).to(method.device), [category or ""] * len(ok), paths, batch_views or None
+        )
         used = out.get("categories") or [category or ""] * len(ok)
         for j, i in enumerate(ok):
             rows[i].score = float(out["pred_scores"][j])

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
+from anomaly_zoo.data.views import ImageView
+
 
 class MethodOutput(TypedDict):
     anomaly_maps: torch.Tensor  # (N, H, W) float, higher = more anomalous, any resolution
@@ -32,6 +34,11 @@ class AnomalyMethod(LightningModule):
     trainer_arguments: ClassVar[dict[str, Any]] = {}
     #: What `image` in a batch must look like: methods normalise for their own networks.
     expected_normalization: ClassVar[str] = "none"
+
+    def input_views(self) -> dict[str, ImageView]:
+        """Resizes of the original image file the method wants besides `image` (anomaly_zoo.data.views); they reach
+        `predict_batch(..., views=)` in methods that declare that parameter."""
+        return {}
 
     def result_metadata(self) -> dict[str, Any]:
         """Settings worth a top-level entry in results.json (e.g. how prompts were chosen)."""
@@ -58,18 +65,27 @@ class AnomalyMethod(LightningModule):
             )
 
     def test_step(self, batch: dict, batch_idx: int) -> MethodOutput:
-        return self.score_batch(batch["image"], list(batch["category"]), batch.get("path"))
+        return self.score_batch(batch["image"], list(batch["category"]), batch.get("path"), batch.get("views"))
 
     def predict_step(self, batch: dict, batch_idx: int) -> MethodOutput:
-        return self.score_batch(batch["image"], list(batch["category"]), batch.get("path"))
+        return self.score_batch(batch["image"], list(batch["category"]), batch.get("path"), batch.get("views"))
 
-    def score_batch(self, images: torch.Tensor, categories: list[str], paths: list[str] | None = None) -> MethodOutput:
-        """The framework's one way to call `predict_batch`: checks the output's shapes, and passes `paths` only to
-        methods that declare it, so methods written against the two-argument contract keep working."""
-        if paths is not None and _takes_paths(type(self)):
-            out = self.predict_batch(images, categories, paths=list(paths))
-        else:
-            out = self.predict_batch(images, categories)
+    def score_batch(
+        self,
+        images: torch.Tensor,
+        categories: list[str],
+        paths: list[str] | None = None,
+        views: dict[str, torch.Tensor] | None = None,
+    ) -> MethodOutput:
+        """The framework's one way to call `predict_batch`: checks the output's shapes, and passes `paths` and
+        `views` only to methods that declare them, so methods written against the two-argument contract keep
+        working."""
+        extra: dict[str, Any] = {}
+        if paths is not None and _takes(type(self), "paths"):
+            extra["paths"] = list(paths)
+        if views and _takes(type(self), "views"):
+            extra["views"] = views
+        out = self.predict_batch(images, categories, **extra)
         maps, scores = out["anomaly_maps"], out["pred_scores"]
         n = images.shape[0]
         if maps.ndim != 3 or maps.shape[0] != n or scores.shape != (n,):
@@ -81,9 +97,9 @@ class AnomalyMethod(LightningModule):
 
 
 @functools.cache
-def _takes_paths(cls: type) -> bool:
+def _takes(cls: type, name: str) -> bool:
     parameters = inspect.signature(cls.predict_batch).parameters
-    return "paths" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -93,8 +109,22 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, H, W) maps, radius 4 sigma, mirrored borders."""
+#: Border handling of `gaussian_blur`: "reflect" mirrors about the edge pixel (torch's reflect, d c b | a b c d);
+#: "symmetric" repeats it (scipy.ndimage's default "reflect", c b a | a b c d), as the official DIVAD code blurs
+#: with scipy's gaussian_filter.
+BLUR_BORDERS = ("reflect", "symmetric")
+
+
+def _symmetric_index(n: int, radius: int, device) -> torch.Tensor:
+    """Indices of a length-n axis padded by `radius` on both sides with half-sample symmetric reflection."""
+    i = torch.arange(-radius, n + radius, device=device) % (2 * n)
+    return torch.where(i < n, i, 2 * n - 1 - i)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, border: str = "reflect") -> torch.Tensor:
+    """Separable Gaussian blur of (N, H, W) maps, radius 4 sigma (scipy's truncate=4), `border` in BLUR_BORDERS."""
+    if border not in BLUR_BORDERS:
+        raise ValueError(f"blur border={border!r} is not one of {BLUR_BORDERS}")
     if sigma <= 0:
         return maps
     radius = int(4 * sigma + 0.5)
@@ -102,6 +132,12 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
     out = maps[:, None]
+    if border == "symmetric":
+        h, w = out.shape[-2:]
+        out = out[..., _symmetric_index(w, radius, out.device)]
+        out = F.conv2d(out, kernel.view(1, 1, 1, -1))
+        out = out[..., _symmetric_index(h, radius, out.device), :]
+        return F.conv2d(out, kernel.view(1, 1, -1, 1))[:, 0]
     out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
     out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
     return out[:, 0]

@@ -121,3 +121,44 @@ def test_folder_layout_for_your_own_images(synthetic_root, tmp_path):
     assert item["category"] == "coins" and item["mask"].sum() > 0
     with pytest.raises(DatasetLayoutError, match=r"dataset.abnormal_dir: folder .*nope does not exist"):
         AnomalyDataModule("folder", str(root), normal_dir="ok", abnormal_dir="nope").setup()
+
+
+def test_input_views_come_from_the_original_file_and_one_decode(synthetic_root, monkeypatch):
+    """A method's input views are PIL resizes of the original file (not of the resized `image`), made from the
+    same decode."""
+    from anomaly_zoo.data import image_dataset
+    from anomaly_zoo.data.views import ImageView
+
+    dm = AnomalyDataModule("synthetic", str(synthetic_root), categories=["logo"], image_size=32, num_workers=0)
+    dm.views = {"sd": ImageView(80, "bicubic"), "dino": ImageView(48, "bilinear")}
+    dm.setup()
+    reads = []
+    real = image_dataset.read_rgb
+    monkeypatch.setattr(image_dataset, "read_rgb", lambda p: (reads.append(p), real(p))[1])
+    item = dm.test_dataset[0]
+    assert len(reads) == 1
+    with Image.open(item["path"]) as img:
+        rgb = img.convert("RGB")
+        expected_sd = np.asarray(rgb.resize((80, 80), Image.Resampling.BICUBIC), dtype=np.float32) / 255
+        expected_dino = np.asarray(rgb.resize((48, 48), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+    assert torch.equal(item["views"]["sd"], torch.from_numpy(expected_sd).permute(2, 0, 1))
+    assert torch.equal(item["views"]["dino"], torch.from_numpy(expected_dino).permute(2, 0, 1))
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["views"]["sd"].shape[1:] == (3, 80, 80) and batch["image"].shape[-1] == 32
+
+
+def test_ground_truth_resize_bilinear_nonzero_is_the_official_divad_evaluation():
+    """test.py: torchvision Resize (PIL bilinear) of the 0/255 mask, ToTensor, then `> 0` in eval_helper."""
+    from torchvision import transforms
+
+    from anomaly_zoo.data.image_dataset import resize_mask
+
+    mask = np.zeros((90, 70), dtype=bool)
+    mask[20:23, 10:60] = True  # a thin scratch, downscaled: bilinear > 0 keeps it wider than nearest does
+    pil = Image.fromarray(mask.astype(np.uint8) * 255)
+    official = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])(pil)[0] > 0
+    ours = resize_mask(mask, (32, 32), "bilinear_nonzero")
+    assert torch.equal(ours, official.float())
+    assert resize_mask(mask, (32, 32)).sum() < ours.sum()  # nearest (the default) is thinner
+    with pytest.raises(ValueError, match=r"dataset\.mask_resize='cubic'"):
+        AnomalyDataModule("synthetic", "/nowhere", mask_resize="cubic")

@@ -134,3 +134,44 @@ def test_training_free_method_needs_no_checkpoint(compose_cfg, image_folder, tmp
     rows = predict(cfg)
     scored = [r for r in rows if not r.error]
     assert len(scored) == 5 and all(r.decision == ("anomalous" if r.score > 0.2 else "normal") for r in scored)
+
+
+def test_a_folder_gets_the_same_input_views_as_the_dataset(synthetic_root, tmp_path):
+    """anomaly_zoo.predict renders a method's input views (DIVAD: SD and DINO inputs from the original file) from the
+    same decode as the dataset does, so a method sees identical inputs in test and in predict."""
+    import torch
+
+    from anomaly_zoo.data import AnomalyDataModule
+    from anomaly_zoo.data.views import ImageView
+    from anomaly_zoo.inference import predict_folder
+    from anomaly_zoo.methods.base import AnomalyMethod
+
+    class ViewRecorder(AnomalyMethod):
+        requires_training = False
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: dict[str, dict[str, torch.Tensor]] = {}
+
+        def input_views(self):
+            return {"sd": ImageView(72, "bicubic"), "dino": ImageView(40, "bilinear")}
+
+        def predict_batch(self, images, categories, paths=None, views=None):
+            for path, i in zip(paths, range(len(paths)), strict=True):
+                self.seen[Path(path).name] = {k: v[i] for k, v in views.items()}
+            maps = images.mean(dim=1)
+            return {"anomaly_maps": maps, "pred_scores": maps.flatten(1).amax(dim=1)}
+
+    method = ViewRecorder()
+    dm = AnomalyDataModule("synthetic", str(synthetic_root), categories=["logo"], image_size=32, num_workers=0)
+    dm.use_train_split, dm.views = False, method.input_views()
+    dm.setup()
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    items = [dm.test_dataset[i] for i in range(3)]
+    for i, item in enumerate(items):
+        shutil.copy(item["path"], folder / f"img_{i}.png")
+    predict_folder(method, folder, tmp_path / "out", 32, None, "none", batch_size=2)
+    for i, item in enumerate(items):
+        for name in ("sd", "dino"):
+            assert torch.equal(method.seen[f"img_{i}.png"][name], item["views"][name]), name

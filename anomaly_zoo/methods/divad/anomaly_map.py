@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from anomaly_zoo.backbones import FeatureExtractor
+from anomaly_zoo.data.views import ImageView, render_view
 from anomaly_zoo.methods.base import gaussian_blur
 
+#: How DIVAD reads an image for its feature extractor: PIL bilinear (antialiased) to the map size, as the official
+#: test.py's torchvision Resize on PIL images; for the input image this is the dataset's `dino` input view.
+FEATURE_INPUT = "bilinear"
 
-def feature_dissimilarity(extractor: FeatureExtractor, images: torch.Tensor, recons: torch.Tensor, size: int):
-    """(N, size, size) maps: last selected stage's features of both (each resized to `size`), 1 − cosine,
-    bilinear (align_corners=True, as the official code) to `size`. Also returns the input's features."""
-    resize = lambda x: F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)  # noqa: E731
+
+def reconstructions_for_features(recons: torch.Tensor, size: int) -> torch.Tensor:
+    """Float reconstructions in [0, 1] → what the official test.py feeds DINO: rounded to uint8 as diffusers'
+    numpy_to_pil (the official script saves them as PNG, which is lossless), then PIL bilinear to `size`."""
+    arr = (recons.detach().permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+    view = ImageView(size, FEATURE_INPUT)
+    return torch.stack([render_view(Image.fromarray(a), view) for a in arr]).to(recons.device)
+
+
+def feature_dissimilarity(
+    extractor: Callable[[torch.Tensor], list[torch.Tensor]], images: torch.Tensor, recons: torch.Tensor, size: int
+):
+    """(N, size, size) maps: last returned stage's features of both, 1 − cosine, bilinear (align_corners=True, as the
+    official code) to `size`. Inputs not already at `size` are resized here (torch bilinear). Also returns the
+    input's features."""
+
+    def resize(x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
     f_in = extractor(resize(images))[-1]
     f_rec = extractor(resize(recons))[-1]
     dissimilarity = 1 - F.cosine_similarity(f_in, f_rec, dim=1)
@@ -30,8 +54,8 @@ def repeated_average_max(maps: torch.Tensor, kernel: int = 8, repeats: int = 8) 
     return x.flatten(1).amax(dim=1)
 
 
-def finish_map(maps: torch.Tensor, masks: torch.Tensor | None, sigma: float) -> torch.Tensor:
-    """Object mask first, then the Gaussian blur (the official order)."""
+def finish_map(maps: torch.Tensor, masks: torch.Tensor | None, sigma: float, border: str = "symmetric") -> torch.Tensor:
+    """Object mask first, then the Gaussian blur (the official order; scipy's border handling by default)."""
     if masks is not None:
         maps = maps * masks
-    return gaussian_blur(maps, sigma)
+    return gaussian_blur(maps, sigma, border)

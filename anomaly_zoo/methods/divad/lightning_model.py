@@ -6,14 +6,22 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
-from anomaly_zoo.backbones import FeatureExtractor
-from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
-from anomaly_zoo.methods.divad.anomaly_map import feature_dissimilarity, finish_map, repeated_average_max
+from anomaly_zoo.data.views import ImageView
+from anomaly_zoo.methods.base import BLUR_BORDERS, AnomalyMethod, MethodOutput
+from anomaly_zoo.methods.divad.anomaly_map import (
+    FEATURE_INPUT,
+    feature_dissimilarity,
+    finish_map,
+    reconstructions_for_features,
+    repeated_average_max,
+)
 from anomaly_zoo.methods.divad.masks import MASK_SKIP_LISTS, MASKS, cutler_masks, foreground_from_features
 from anomaly_zoo.methods.divad.pipeline import DiffusionReconstructor, InversionSchedule, StableDiffusionParts
 
-SCHEDULES = ("paper", "official")
+#: PIL filter of the Stable Diffusion input: `Image.resize`'s default for RGB, which the official script uses.
+SD_INPUT = "bicubic"
 
 
 def humanize(category: str) -> str:
@@ -27,19 +35,22 @@ class DIVAD(AnomalyMethod):
     def __init__(
         self,
         diffusion: StableDiffusionParts,
-        feature_extractor: FeatureExtractor,
+        feature_extractor: nn.Module,
         schedule: str = "paper",
         num_steps: int = 50,
         start_steps: int = 10,
+        sampling_grid: int = 100,
         guidance_scale: float = 3.5,
         resolution: int = 512,
         sample_latent: bool = True,
         prompt_template: str = "An image of a {category}",
+        humanize_prompt: bool = True,
         map_size: int = 256,
         mask: str = "none",
         mask_skip: str = "official",
         cutler_mask_dir: str | None = None,
         blur_sigma: float = 5.0,
+        blur_border: str = "symmetric",
         score_kernel: int = 8,
         score_repeats: int = 8,
         seed: int = 0,
@@ -54,8 +65,8 @@ class DIVAD(AnomalyMethod):
                 f"method=divad needs a diffusion model as backbone (backbone=sd21_base or backbone=sd15), got "
                 f"{type(diffusion).__name__}"
             )
-        if schedule not in SCHEDULES:
-            raise ValueError(f"method.schedule={schedule!r} is not one of {SCHEDULES}")
+        if blur_border not in BLUR_BORDERS:
+            raise ValueError(f"method.blur_border={blur_border!r} is not one of {BLUR_BORDERS}")
         if mask not in MASKS:
             raise ValueError(f"method.mask={mask!r} is not one of {MASKS}")
         if mask_skip not in MASK_SKIP_LISTS:
@@ -67,8 +78,7 @@ class DIVAD(AnomalyMethod):
             )
         if mask == "cutler" and not Path(cutler_mask_dir).is_dir():
             raise FileNotFoundError(f"method.cutler_mask_dir={cutler_mask_dir}: no such folder")
-        if not 0 < start_steps <= num_steps:
-            raise ValueError(f"method.start_steps={start_steps} must be in 1..num_steps={num_steps}")
+        plan = InversionSchedule(schedule, num_steps, start_steps, sampling_grid)  # validates the knobs
         self.save_hyperparameters(ignore=["diffusion", "feature_extractor"])
         # Speed/memory switches (GPU): channels_last UNet, torch.compile, VAE slicing/tiling when memory is short.
         if channels_last:
@@ -79,7 +89,6 @@ class DIVAD(AnomalyMethod):
             diffusion.vae.enable_slicing()
         if vae_tiling:
             diffusion.vae.enable_tiling()
-        plan = InversionSchedule.paper(num_steps, start_steps) if schedule == "paper" else InversionSchedule.official()
         self.reconstructor = DiffusionReconstructor(diffusion, plan, guidance_scale, resolution, sample_latent, seed)
         self.extractor = feature_extractor
 
@@ -98,31 +107,47 @@ class DIVAD(AnomalyMethod):
 
     def prompt(self, category: str) -> str:
         template = self.hparams.prompt_template
-        return template.format(category=humanize(category)) if template else ""
+        name = humanize(category) if self.hparams.humanize_prompt else category
+        return template.format(category=name) if template else ""
+
+    def input_views(self) -> dict[str, ImageView]:
+        """The original file resized once for each network, as the official scripts read it: to the diffusion
+        model's resolution (`sd`) and to the map size for the feature extractor (`dino`)."""
+        hp = self.hparams
+        return {"sd": ImageView(hp.resolution, SD_INPUT), "dino": ImageView(hp.map_size, FEATURE_INPUT)}
 
     @torch.no_grad()
     def predict_batch(
-        self, images: torch.Tensor, categories: list[str], paths: list[str] | None = None
+        self,
+        images: torch.Tensor,
+        categories: list[str],
+        paths: list[str] | None = None,
+        views: dict[str, torch.Tensor] | None = None,
     ) -> MethodOutput:
+        """Without `views` (a direct call on tensors) the networks' inputs are resized from `images` instead, which
+        approximates the file-based inputs the framework's data loaders give."""
         hp = self.hparams
-        recons = self.reconstructor(images, [self.prompt(c) for c in categories])
-        maps, features = feature_dissimilarity(self.extractor, images, recons, hp.map_size)
+        views = views or {}
+        recons = self.reconstructor(views.get("sd", images), [self.prompt(c) for c in categories])
+        recons = reconstructions_for_features(recons, hp.map_size)
+        maps, features = feature_dissimilarity(self.extractor, views.get("dino", images), recons, hp.map_size)
         masks = None
         if hp.mask != "none":
             masks = self._object_masks(features, paths)
             skip = torch.tensor([c in MASK_SKIP_LISTS[hp.mask_skip] for c in categories], device=masks.device)
             masks = torch.where(skip[:, None, None], torch.ones_like(masks), masks)
-        maps = finish_map(maps, masks, hp.blur_sigma)
+        maps = finish_map(maps, masks, hp.blur_sigma, hp.blur_border)
         return {"anomaly_maps": maps, "pred_scores": repeated_average_max(maps, hp.score_kernel, hp.score_repeats)}
 
     def result_metadata(self) -> dict[str, Any]:
-        plan = self.reconstructor.schedule
+        rec = self.reconstructor
         return {
             "schedule": self.hparams.schedule,
-            "inversion_timesteps": self.reconstructor.inversion_timesteps().tolist(),
-            "sampling_start_timestep": int(self.reconstructor.sampling_timesteps()[0]),
-            "sampling_steps": len(self.reconstructor.sampling_timesteps()),
-            "inversion_grid": plan.inversion_grid,
+            "inversion_timesteps": rec.inversion_timesteps(),
+            "inversion_end_timestep": rec.inversion_steps[-1].dst,
+            "sampling_timesteps": rec.sampling_timesteps(),
+            "sampling_start_timestep": rec.sampling_timesteps()[0],
+            "sampling_steps": len(rec.sampling_steps),
             "latent": "seeded sample" if self.hparams.sample_latent else "mode",
             "mask": self.hparams.mask,
         }

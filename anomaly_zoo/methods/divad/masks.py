@@ -39,26 +39,42 @@ def foreground_from_features(features: torch.Tensor, size: int) -> torch.Tensor:
     return (F.interpolate(fg[:, None], size=(size, size), mode="nearest")[:, 0] > 0.5).float()
 
 
-#: File names tried for an image `<stem>.<ext>`: the official CutLER script's npz (`arr_0`: N x H x W instance masks),
-#: a plain npz, a binary PNG.
-CUTLER_MASK_SUFFIXES = ("_cutler.png.npz", ".npz", ".png")
+#: What CutLER's demo (DIVAD's `cutler/demo_batch_mvtec_visa.py`) writes per test image `<name>` (extension kept):
+#: `np.savez(f"{save_dir}/{category}/{defect}/{name}_cutler.png", masks)`, so numpy adds `.npz`; `arr_0` holds the
+#: N x H x W instance masks (or H x W when N = 1, squeezed).
+OFFICIAL_MASK_SUFFIX = "_cutler.png.npz"
+#: Also accepted, by image stem: this project's earlier mirror of the dataset layout, a plain npz, a binary PNG.
+OTHER_MASK_SUFFIXES = ("_cutler.png.npz", ".npz", ".png")
+
+
+def cutler_mask_candidates(image_path: str, dataset_root: str | Path | None, mask_dir: str | Path) -> list[Path]:
+    """Where the CutLER mask of an image may be, in order. For `<root>/<category>/test/<defect>/<name>` the official
+    layout `<mask_dir>/<category>/<defect>/<name>_cutler.png.npz` comes first, then
+    `<mask_dir>/<category>/test/<defect>/<stem><suffix>`; images outside the dataset (`anomaly_zoo.predict` on a
+    folder) are looked up by file name directly under `mask_dir`."""
+    image, mask_dir = Path(image_path), Path(mask_dir)
+    try:
+        rel = image.resolve().relative_to(Path(dataset_root).resolve()) if dataset_root else Path(image.name)
+    except ValueError:  # an image outside the dataset
+        rel = Path(image.name)
+    official = rel.parent
+    if len(rel.parts) >= 3 and rel.parts[-3] == "test":  # <category>/test/<defect>/<name> → <category>/<defect>
+        official = Path(*rel.parts[:-3], rel.parts[-2])
+    candidates = [mask_dir / official / f"{rel.name}{OFFICIAL_MASK_SUFFIX}"]
+    candidates += [mask_dir / rel.parent / f"{rel.stem}{suffix}" for suffix in OTHER_MASK_SUFFIXES]
+    return list(dict.fromkeys(candidates))
 
 
 def _cutler_mask_file(image_path: str, dataset_root: str | Path | None, mask_dir: Path) -> Path:
-    image = Path(image_path)
-    try:
-        rel = image.resolve().relative_to(Path(dataset_root).resolve()) if dataset_root else Path(image.name)
-    except ValueError:  # an image outside the dataset (e.g. anomaly_zoo.predict on a folder): by file name
-        rel = Path(image.name)
-    candidates = [mask_dir / rel.parent / f"{rel.stem}{suffix}" for suffix in CUTLER_MASK_SUFFIXES]
+    candidates = cutler_mask_candidates(image_path, dataset_root, mask_dir)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
         f"method.mask=cutler: no precomputed CutLER mask for {image_path}; looked for "
         f"{', '.join(str(c) for c in candidates)}. Run CutLER (cascade R50-FPN, confidence 0.1) over the images "
-        "and save each image's instance masks there (the official DIVAD script writes <stem>_cutler.png.npz), or use "
-        "method.mask=dino_foreground"
+        "with DIVAD's cutler/demo_batch_mvtec_visa.py (it writes <category>/<defect>/<name>_cutler.png.npz) and "
+        "point method.cutler_mask_dir at its output, or use method.mask=dino_foreground"
     )
 
 
@@ -82,16 +98,16 @@ def _read_mask(path: Path) -> np.ndarray:
 def cutler_masks(
     image_paths: Sequence[str], dataset_root: str | Path | None, mask_dir: str | Path, size: int
 ) -> torch.Tensor:
-    """Precomputed CutLER object masks for `image_paths`, (N, size, size) in {0, 1} (nearest resize).
+    """Precomputed CutLER object masks for `image_paths`, (N, size, size) in {0, 1}: the union of the instances,
+    resized with PIL's nearest filter as the official test.py does (`Image.fromarray(mask).resize(size)`).
 
     CutLER needs detectron2 (not on PyPI) and its weights, so, as in the official DIVAD workflow, masks are made once
-    with CutLER's own demo and read here. They mirror the dataset's layout under `mask_dir`
-    (`<mask_dir>/<category>/test/<defect>/<stem>_cutler.png.npz`).
+    with CutLER's own demo and read here (file layout: `cutler_mask_candidates`).
     """
     mask_dir = Path(mask_dir)
     out = []
     for image_path in image_paths:
         arr = _read_mask(_cutler_mask_file(image_path, dataset_root, mask_dir))
-        mask = torch.from_numpy(arr).float()[None, None]
-        out.append(F.interpolate(mask, size=(size, size), mode="nearest")[0, 0])
+        resized = Image.fromarray(arr).resize((size, size), Image.Resampling.NEAREST)
+        out.append(torch.from_numpy(np.array(resized, dtype=bool)).float())
     return torch.stack(out)
