@@ -269,7 +269,6 @@ def divad_part(report: Report, s: Settings, budget: Budget, files: list[Path]) -
             model_kwargs={"img_size": s.map_size},
         ).to(device)
     parts = {"bfloat16": sd21_base_random(torch.bfloat16, s.tiny, device)}
-    prompt = "An image of a bottle"
 
     def build(dtype: str, channels_last=False, compile_unet=False) -> DIVAD:
         if dtype not in parts:
@@ -341,7 +340,7 @@ def divad_part(report: Report, s: Settings, budget: Budget, files: list[Path]) -
         report.add(part, "bf16 largest batch", skipped=why)
 
     guarded(report, part, "bf16 largest batch", budget, 20, largest)
-    guarded(report, part, "profile", budget, 5, lambda: divad_profile(report, s, bf16, images(main_batch), prompt))
+    guarded(report, part, "profile", budget, 5, lambda: divad_profile(report, bf16, images(main_batch), "bottle"))
     guarded(report, part, "CPU image loading", budget, 3, lambda: loading_rate(report, s, files, part, s.map_size))
 
     def variant(name: str, **kw) -> None:
@@ -438,13 +437,14 @@ def divad_part(report: Report, s: Settings, budget: Budget, files: list[Path]) -
         )
 
 
-def divad_profile(report: Report, s: Settings, model, images: torch.Tensor, prompt: str) -> None:
+def divad_profile(report: Report, model, images: torch.Tensor, category: str) -> None:
     """Wall time per stage of one batch (device synchronised between stages) and the host syncs of a whole batch."""
     from anomaly_zoo.methods.divad.anomaly_map import feature_dissimilarity, finish_map, repeated_average_max
 
     device = images.device
     sync = synchronizer(device)
     rec, hp, n = model.reconstructor, model.hparams, images.shape[0]
+    prompt = model.prompt(category)
     times: dict[str, float] = {}
 
     def stage(name: str, fn: Callable):
@@ -456,7 +456,7 @@ def divad_profile(report: Report, s: Settings, model, images: torch.Tensor, prom
         return out
 
     with torch.no_grad():
-        model.predict_batch(images, [prompt] * n)  # warm
+        model.predict_batch(images, [category] * n)  # warm
         sync()
         t_all = time.perf_counter()
         size = (rec.resolution, rec.resolution)
@@ -489,7 +489,7 @@ def divad_profile(report: Report, s: Settings, model, images: torch.Tensor, prom
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            model.predict_batch(images, [prompt] * n)
+            model.predict_batch(images, [category] * n)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     where = sorted(
