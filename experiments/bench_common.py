@@ -72,12 +72,21 @@ def peak_text(device: torch.device | str) -> str:
     return f"{gpu:.2f} GiB GPU" if gpu is not None else f"{process_peak_rss_gib():.2f} GiB RSS (process peak)"
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine_info(device: torch.device | str) -> dict:
     """Device name, versions, threads and date: what every benchmark result is quoted with."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     return {
-        "device": torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or platform.machine()} CPU",
+        "device": torch.cuda.get_device_name(device) if cuda else f"{cpu_model()} CPU",
+        "host_cpu": cpu_model(),
         "gpus_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
