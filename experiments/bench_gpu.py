@@ -311,7 +311,7 @@ def divad_part(report: Report, s: Settings, budget: Budget, files: list[Path]) -
             budget,
             5,
             lambda b=b: ips.__setitem__(
-                f"b{b}", run(bf16, f"bf16 batch {b}", b, "SDPA, contiguous", 0.05 * budget.left())
+                f"b{b}", run(bf16, f"bf16 batch {b}", b, "SDPA, contiguous", 0.025 * budget.left())
             ),
         )
     main_batch = s.divad_batches[-1]
@@ -346,7 +346,7 @@ def divad_part(report: Report, s: Settings, budget: Budget, files: list[Path]) -
 
     def variant(name: str, **kw) -> None:
         model = build(**kw)
-        ips[name] = run(model, name, main_batch, ", ".join(f"{k}={v}" for k, v in kw.items()), 0.05 * budget.left())
+        ips[name] = run(model, name, main_batch, ", ".join(f"{k}={v}" for k, v in kw.items()), 0.025 * budget.left())
 
     guarded(
         report,
@@ -419,7 +419,7 @@ def divad_part(report: Report, s: Settings, budget: Budget, files: list[Path]) -
             name,
             main_batch,
             f"torch.compile (default mode); first batch (compilation) {first:.0f} s",
-            0.05 * budget.left(),
+            0.025 * budget.left(),
             warmup=0,
         )
         parts["bfloat16"].unet = getattr(parts["bfloat16"].unet, "_orig_mod", parts["bfloat16"].unet)
@@ -428,7 +428,7 @@ def divad_part(report: Report, s: Settings, budget: Budget, files: list[Path]) -
     if s.tiny:
         report.add(part, name, skipped="tiny CPU run: compiling the UNet takes minutes on a small CPU")
     else:
-        guarded(report, part, name, budget, 120, compiled)
+        guarded(report, part, name, budget, 100, compiled)
 
 
 def divad_profile(report: Report, model, images: torch.Tensor, category: str) -> None:
@@ -657,7 +657,7 @@ def onenip_inference(report: Report, s: Settings, model) -> None:
             model.score_batch(x, categories)
 
     reset_peak_memory(device)
-    per_call, n = time_calls(step, synchronizer(device), warmup=2, max_seconds=3 if s.tiny else 10, min_repeats=3)
+    per_call, n = time_calls(step, synchronizer(device), warmup=2, max_seconds=3 if s.tiny else 5, min_repeats=3)
     report.add(
         "onenip",
         "inference",
@@ -737,7 +737,7 @@ def official_onenip(report: Report, s: Settings, root: str, rates: dict[str, flo
             optimizer.step()
 
         reset_peak_memory(device)
-        per_step, n = time_calls(step, synchronizer(device), warmup=2, max_seconds=3 if s.tiny else 15, min_repeats=3)
+        per_step, n = time_calls(step, synchronizer(device), warmup=2, max_seconds=3 if s.tiny else 8, min_repeats=3)
     finally:
         torch.Tensor.cuda = original_cuda
         sys.path.remove(str(root_path))
@@ -781,6 +781,7 @@ def metrics_part(report: Report, s: Settings, budget: Budget) -> None:
     report.add(part, "suite on the CPU (numpy)", t_cpu, "s", detail=f"{shape} maps, numpy arrays in host memory")
 
     def on_device() -> None:
+        reset_peak_memory(device)
         compute_metrics(scores_np, labels_np, maps, masks, device=device)  # warm (kernels, allocator)
         sync()
         t0 = time.perf_counter()
