@@ -35,5 +35,10 @@ import torch
 names = ("torch", "timm", "lightning", "transformers", "diffusers", "huggingface-hub", "numpy")
 print("versions:", ", ".join(f"{n} {md.version(n)}" for n in names))
 print("CUDA:", torch.cuda.is_available(), torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+for name, least in (("timm", (1, 0, 9)), ("huggingface-hub", (1, 32))):
+    have = tuple(int(x) for x in md.version(name).split(".")[:3] if x.isdigit())
+    if have < least:
+        print(f"WARNING: {name} {md.version(name)} is older than the project needs ({'.'.join(map(str, least))}): add "
+              f"a newer wheel to SPECS in this script (--prepare) and rerun")
 PYEOF
 exec "$PY" experiments/bench_gpu.py --out "${OUT_DIR:-outputs/bench_gpu}" "$@"
