@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test lint bench clean-data
+.PHONY: install demo test lint bench bench-gpu clean-data
 
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,11 @@ bench:
 	$(PY) experiments/bench_onenip.py
 	$(PY) experiments/bench_coreset.py
 	$(PY) experiments/bench_synthesis.py
+
+# Every GPU measurement of issue 18 in one budget (experiments/bench_gpu.py; --tiny on a CPU). Needs no install:
+# the repository goes on PYTHONPATH. On a bare CUDA machine: `make bench-gpu PY=python3` (see experiments/README.md).
+bench-gpu:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) experiments/bench_gpu.py $(ARGS)
 
 clean-data:
 	rm -rf data/synthetic

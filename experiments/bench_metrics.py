@@ -25,14 +25,16 @@ import torch.nn.functional as F
 from anomaly_zoo.metrics import METRIC_NAMES, compute_metrics
 
 
-def make_input(n: int, size: int, n_defective: int, seed: int = 0):
-    """Smooth noisy maps; defective images get 1-3 elliptic blobs in the mask and a partial, shifted response."""
+def make_input(n: int, size: int, n_defective: int, seed: int = 0, device: str | torch.device = "cpu"):
+    """Smooth noisy maps; defective images get 1-3 elliptic blobs in the mask and a partial, shifted response.
+    Built on `device` (the per-pixel work is the slow part on a CPU); the same draws on any device."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    maps = F.interpolate(torch.rand(n, 1, size // 8, size // 8, generator=gen), size=size, mode="bilinear")[:, 0]
-    maps += 0.05 * torch.rand(n, size, size, generator=gen)
-    masks = torch.zeros(n, size, size, dtype=torch.uint8)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    low = torch.rand(n, 1, size // 8, size // 8, generator=gen).to(device)
+    maps = F.interpolate(low, size=size, mode="bilinear")[:, 0]
+    maps += 0.05 * torch.rand(n, size, size, generator=gen).to(device)
+    masks = torch.zeros(n, size, size, dtype=torch.uint8, device=device)
+    yy, xx = torch.meshgrid(torch.arange(size, device=device), torch.arange(size, device=device), indexing="ij")
     for i in range(n - n_defective, n):
         for _ in range(int(rng.integers(1, 4))):
             cy, cx = rng.uniform(0.1, 0.9, size=2) * size

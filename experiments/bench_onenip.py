@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import platform
-import resource
-import time
 
 import torch
+from bench_common import machine_line, peak_text, reset_peak_memory, synchronizer, time_calls
 
 from anomaly_zoo.backbones import FeatureExtractor
 from anomaly_zoo.methods.onenip import OneNIP
@@ -48,7 +45,7 @@ def main() -> None:
     feats_for_prompt = model.features(images)
     rng = torch.Generator().manual_seed(0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
 
     def train_step() -> None:
         with autocast:
@@ -71,21 +68,10 @@ def main() -> None:
             model.eval()
         step()
         sync()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        sync()
-        elapsed = time.perf_counter() - start
-        peak = (
-            f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU"
-            if device.type == "cuda"
-            else f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS (process peak)"
-        )
-        results[name] = (args.steps * args.batch / elapsed, peak)
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU"
-    print(f"machine: {where}, {torch.get_num_threads()} threads, torch {torch.__version__}, {datetime.date.today()}")
+        reset_peak_memory(device)
+        seconds, _ = time_calls(step, sync, args.steps, warmup=0)
+        results[name] = (args.batch / seconds, peak_text(device))
+    print(machine_line(device))
     print(
         f"OneNIP paper size, {args.backbone} ({model.neck.channels} ch), {args.size} px, batch {args.batch}, "
         f"bf16={args.bf16}, channels_last={args.channels_last}"

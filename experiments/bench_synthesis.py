@@ -15,24 +15,12 @@ a mask per image (the refiner's Dice target) and a generator it can seed (resuma
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import time
 from collections.abc import Callable
 
 import torch
+from bench_common import machine_line, synchronizer, time_calls
 
 from anomaly_zoo.methods.onenip.synthesis import PseudoAnomalyGenerator
-
-
-def _time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    fn()  # warm-up (lazy init, caches)
-    sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / repeats
 
 
 def main() -> None:
@@ -48,7 +36,7 @@ def main() -> None:
     from anomalib.models.image.foundad.components.cutpaste import CutPasteNormal, CutPasteScar
 
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     torch.manual_seed(0)
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
     gen = torch.Generator().manual_seed(0)
@@ -71,15 +59,14 @@ def main() -> None:
         ("anomalib FoundAD CutPasteNormal", per_image(cut_normal), "image only (no mask), Python RNG"),
         ("anomalib FoundAD CutPasteScar", per_image(cut_scar), "image only (no mask), Python RNG"),
     ]
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU"
-    print(f"machine: {where}, {torch.get_num_threads()} threads, torch {torch.__version__}, {datetime.date.today()}")
+    print(machine_line(device))
     print(
         f"batch {args.batch} x 3 x {args.size} x {args.size}, {args.repeats} batches each, source: "
         f"{'DTD ' + args.dtd_dir if args.dtd_dir else 'offline (procedural / Perlin noise)'}"
     )
     print(f"{'generator':<42} {'ms/batch':>9} {'images/s':>9}  returns")
     for name, fn, returns in rows:
-        seconds = _time(fn, args.repeats, sync)
+        seconds, _ = time_calls(fn, sync, args.repeats)
         print(f"{name:<42} {seconds * 1e3:9.1f} {args.batch / seconds:9.1f}  {returns}")
 
 

@@ -28,42 +28,53 @@ def _as_numpy(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _check_inputs(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: np.ndarray) -> None:
+def _check_inputs(scores: np.ndarray, labels: np.ndarray, maps: Any, masks: Any) -> None:
+    """Shapes and values. maps and masks: numpy arrays, or torch tensors checked where they are (no copy)."""
     if scores.ndim != 1 or labels.shape != scores.shape:
         raise ValueError(
             f"scores and labels must both have shape (N,); got scores {scores.shape} and labels {labels.shape}"
         )
-    if maps.ndim != 3 or masks.shape != maps.shape:
+    if maps.ndim != 3 or tuple(masks.shape) != tuple(maps.shape):
         raise ValueError(
-            f"maps and masks must both have shape (N, H, W); got maps {maps.shape} and masks {masks.shape}. "
-            "Resize the anomaly maps to the mask resolution before scoring."
+            f"maps and masks must both have shape (N, H, W); got maps {tuple(maps.shape)} and masks "
+            f"{tuple(masks.shape)}. Resize the anomaly maps to the mask resolution before scoring."
         )
     if maps.shape[0] != scores.shape[0]:
         raise ValueError(f"got {scores.shape[0]} image scores but {maps.shape[0]} anomaly maps")
     for name, arr in (("scores", scores), ("maps", maps)):
         # A float64 sum is finite iff every value is (float32 maps cannot overflow it): no n-sized temporary.
-        if not np.isfinite(np.sum(arr, dtype=np.float64)):
-            bad = int((~np.isfinite(arr)).sum())
+        if not bool(_xp(arr).isfinite(arr.sum(dtype=_xp(arr).float64))):
+            bad = int((~_xp(arr).isfinite(arr)).sum())
             raise ValueError(
                 f"{name} contain {bad} NaN/inf values; the method produced invalid output "
                 "(check for divisions by zero or fp16 overflow)"
             )
     for name, arr in (("labels", labels), ("masks", masks)):
-        if arr.size and not _is_binary(arr):
-            raise ValueError(f"{name} must contain only 0 and 1; found values {np.unique(arr)[:10].tolist()}")
-    if labels.size and not np.array_equal(labels.astype(bool), masks.reshape(len(masks), -1).any(axis=1)):
+        if len(arr) and not _is_binary(arr):
+            raise ValueError(f"{name} must contain only 0 and 1; found values {_xp(arr).unique(arr)[:10].tolist()}")
+    per_image = masks.reshape(len(masks), -1).any(1)
+    if labels.size and not np.array_equal(labels.astype(bool), _as_numpy(per_image, "masks")):
         # Not fatal (e.g. logical defects without pixel annotations), but worth a warning.
         warnings.warn(
             "image labels do not match the masks (defect images with empty masks or the reverse)", stacklevel=3
         )
 
 
-def _is_binary(arr: np.ndarray) -> bool:
-    if arr.dtype == bool:
+def _xp(arr: Any):
+    """The array's module: numpy, or torch for tensors (same names for what the checks use)."""
+    if hasattr(arr, "detach"):
+        import torch
+
+        return torch
+    return np
+
+
+def _is_binary(arr: Any) -> bool:
+    if str(arr.dtype) in ("bool", "torch.bool"):
         return True
-    if np.issubdtype(arr.dtype, np.integer):
-        return bool(arr.min() >= 0 and arr.max() <= 1)  # two passes, no temporary
-    return bool(np.all((arr == 0) | (arr == 1)))
+    if not (arr.dtype.is_floating_point if hasattr(arr, "detach") else np.issubdtype(arr.dtype, np.floating)):
+        return bool(arr.min() >= 0) and bool(arr.max() <= 1)  # two passes, no temporary
+    return bool(((arr == 0) | (arr == 1)).all())
 
 
 def _region_weights(masks: np.ndarray) -> np.ndarray:
@@ -83,35 +94,35 @@ def _region_weights(masks: np.ndarray) -> np.ndarray:
     return np.concatenate(weights) / n_regions_total
 
 
-def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any) -> dict[str, float]:
+def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any, device: Any = None) -> dict[str, float]:
     """Score one set of predictions. Returns exactly the keys in `METRIC_NAMES`.
 
     scores (N,) image scores, labels (N,) in {0,1}, maps (N,H,W) anomaly maps, masks (N,H,W) in {0,1};
     numpy arrays or torch tensors on any device. Values are exact (no threshold binning) and equal
     scikit-learn's where it defines them. A metric that is undefined for the input (e.g. only normal
     images) is NaN with a warning.
+
+    `device` (e.g. "cuda"): the pixel-level checks, selection, sorting and ranking run with torch on that device
+    (maps already there are not copied to the host); everything after the ranking is the same numpy code on the
+    same sorted arrays, so the values are identical to `device=None` (all numpy, on the CPU).
     """
     scores_np = _as_numpy(scores, "scores").astype(np.float64)
     labels_np = _as_numpy(labels, "labels")
-    maps_np = _as_numpy(maps, "maps")
-    masks_np = _as_numpy(masks, "masks")
-    _check_inputs(scores_np, labels_np, maps_np, masks_np)
+    if device is None:
+        maps, masks = _as_numpy(maps, "maps"), _as_numpy(masks, "masks")
+    else:
+        import torch
+
+        maps, masks = torch.as_tensor(maps, device=device), torch.as_tensor(masks, device=device)
+    _check_inputs(scores_np, labels_np, maps, masks)
     labels_b = labels_np.astype(bool)
-    masks_b = masks_np.astype(bool)
-    maps_f = maps_np.astype(np.float32, copy=False)
 
     results: dict[str, float] = {}
     image = RankedScores.from_sorted(np.sort(scores_np[labels_b]), np.sort(scores_np[~labels_b]))
     results["I-AUROC"] = auroc(image)
     results["I-AP"], results["I-F1max"] = ap_and_f1max(image)
 
-    pos = maps_f[masks_b]  # boolean indexing copies, in C order: the order _region_weights uses
-    order = np.argsort(pos, kind="stable")  # defect pixels are few: an index is cheap here
-    pos, weights = pos[order], _region_weights(masks_b)[order]
-    del order
-    neg = maps_f[~masks_b]
-    neg.sort()  # in place: the one large sort
-    pixel = RankedScores.from_sorted(pos, neg)
+    pixel, weights = _rank_pixels(maps, masks) if device is None else _rank_pixels_torch(maps, masks)
     results["P-AUROC"] = auroc(pixel)
     results["P-AP"], results["P-F1max"] = ap_and_f1max(pixel)
     results["PRO"] = pro_auc(pixel, weights)
@@ -121,10 +132,46 @@ def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any) -> dict[str
         warnings.warn(
             f"metrics {undefined} are undefined for this input (it needs both normal and defective "
             f"images/pixels: {int(labels_b.sum())} defective of {labels_b.size} images, "
-            f"{int(masks_b.sum())} defect pixels); they are reported as NaN",
+            f"{int(pixel.pos.size)} defect pixels); they are reported as NaN",
             stacklevel=2,
         )
     return results
+
+
+def _rank_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[RankedScores, np.ndarray]:
+    """Defect-pixel scores (sorted, stable) with their PRO weights, and all normal-pixel scores sorted."""
+    masks_b = masks.astype(bool)
+    maps_f = maps.astype(np.float32, copy=False)
+    pos = maps_f[masks_b]  # boolean indexing copies, in C order: the order _region_weights uses
+    order = np.argsort(pos, kind="stable")  # defect pixels are few: an index is cheap here
+    pos, weights = pos[order], _region_weights(masks_b)[order]
+    del order
+    neg = maps_f[~masks_b]
+    neg.sort()  # in place: the one large sort
+    return RankedScores.from_sorted(pos, neg), weights
+
+
+def _rank_pixels_torch(maps, masks) -> tuple[RankedScores, np.ndarray]:
+    """`_rank_pixels` with the selection, sorts and searches on the tensors' device; the same arrays come back.
+
+    Sorted float32 values and searchsorted counts are exact whatever does them, and a stable sort's permutation
+    is unique, so the result equals `_rank_pixels`'s (+0.0 added first: a radix sort orders -0.0 before +0.0,
+    numpy's comparison sort keeps them in input order). The connected-component labelling of the masks runs on
+    the CPU while the device sorts (kernels are queued asynchronously).
+    """
+    import torch
+
+    masks_b = masks.bool()
+    masks_host = masks_b.cpu().numpy()
+    maps_f = maps.float() + 0.0
+    pos, neg = maps_f[masks_b], maps_f[~masks_b]  # masked selection is in C order, as numpy's (waits for a count)
+    pos, order = torch.sort(pos, stable=True)
+    neg = torch.sort(neg).values
+    neg_below = torch.searchsorted(neg, pos, side="left")
+    neg_upto = torch.searchsorted(neg, pos, side="right")
+    weights = _region_weights(masks_host)[order.cpu().numpy()]
+    ranked = RankedScores(pos.cpu().numpy(), neg.cpu().numpy(), neg_below.cpu().numpy(), neg_upto.cpu().numpy())
+    return ranked, weights
 
 
 def compute_category_metrics(

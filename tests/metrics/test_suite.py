@@ -153,3 +153,16 @@ def test_pro_at_other_fpr_limits_matches_brute_force(seed, limit, levels):
     order = np.argsort(pos, kind="stable")
     ranked = RankedScores.from_sorted(pos[order], np.sort(maps[~b]))
     assert pro_auc(ranked, w[order], limit) == pytest.approx(slow_pro(maps, masks, limit), abs=1e-12)
+
+
+def test_device_path_gives_identical_values():
+    scores, labels, maps, masks = random_case(12, levels=16)  # many ties
+    maps[0, :3] = -0.0  # signed zeros and ties: the torch sort must order them as numpy's stable sort does
+    maps[1, :3] = 0.0
+    reference = compute_metrics(scores, labels, maps, masks)
+    assert compute_metrics(scores, labels, maps, masks, device="cpu") == reference
+    assert compute_metrics(scores, labels, torch.from_numpy(maps), torch.from_numpy(masks), device="cpu") == reference
+    with pytest.raises(ValueError, match="NaN/inf"):
+        compute_metrics(scores, labels, np.where(maps > 0.9, np.inf, maps), masks, device="cpu")
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        compute_metrics(scores, labels, maps, masks * 2, device="cpu")
