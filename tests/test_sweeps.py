@@ -145,10 +145,11 @@ def test_leaderboard_presets_run_baseline_patchcore_padim_and_onenip(preset, key
 
 
 def test_leaderboard_labels_name_only_what_tells_runs_apart(tmp_path):
-    from anomaly_zoo.reporting.leaderboard import RunRecord, _flatten, label_runs
+    from anomaly_zoo.config_keys import flatten
+    from anomaly_zoo.reporting.leaderboard import RunRecord, label_runs
 
     def record(method: str, config: dict) -> RunRecord:
-        return RunRecord(tmp_path, method, "synthetic", "ok", "", {}, {}, config, flat=_flatten(config))
+        return RunRecord(tmp_path, method, "synthetic", "ok", "", {}, {}, config, flat=flatten(config))
 
     runs = [
         record("patch_knn", {"method": {"name": "patch_knn", "bank_size": 1024}, "dataset": {"image_size": 256}}),
