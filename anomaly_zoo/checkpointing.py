@@ -4,9 +4,11 @@ the model is (method, backbone, input size) so that test/predict can take it fro
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -73,14 +75,43 @@ class LastCheckpoint(ModelCheckpoint):
             self._epoch_unsaved = False
 
 
+def global_rng_state() -> dict[str, Any]:
+    """torch, CUDA, NumPy and Python global generator states in weights_only-loadable types."""
+    kind, keys, *rest = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), *rest],
+        "python": [version, list(internal), gauss],
+    }
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
 class RecordModel(Callback):
-    """Adds `checkpoint["anomaly_zoo"]`: method name and config, backbone config and input size."""
+    """Adds `checkpoint["anomaly_zoo"]` (method name and config, backbone config, input size) and the global
+    random-number states, restored on resume for every method: the shuffled batch order of the next epoch and any
+    noise a method draws then continue as in an uninterrupted run (Lightning saves no generator state itself)."""
 
     def __init__(self, metadata: dict[str, Any]) -> None:
         self.metadata = metadata
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[METADATA_KEY] = self.metadata
+        checkpoint[METADATA_KEY] = {**self.metadata, "rng_state": global_rng_state()}
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = (checkpoint.get(METADATA_KEY) or {}).get("rng_state")
+        if state:
+            set_global_rng_state(state)
 
 
 def checkpoint_callbacks(folder: Path, datamodule, every_n_epochs: int) -> list[ModelCheckpoint]:

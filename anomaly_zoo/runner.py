@@ -10,6 +10,7 @@ import json
 import logging
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,31 @@ def method_name(cfg: DictConfig) -> str:
     return cfg.method.get("name") or cfg.method._target_.rsplit(".", 1)[-1]
 
 
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+def silence_expected_warnings(method: AnomalyMethod) -> None:
+    """Lightning's warnings that are expected for this method (so that the real ones stand out)."""
+    expected = [
+        r".*in eval mode at the start of training.*",  # frozen backbones are in eval mode by design
+        r".*does not have many workers.*",
+        r".*smaller than the logging interval.*",
+    ]
+    if not method.automatic_optimization:  # e.g. PatchKNN: one pass over the data, no optimizer
+        expected.append(r".*configure_optimizers.* returned `None`.*")
+    if type(method).validation_step is pl.LightningModule.validation_step:
+        expected.append(r".*val_dataloader.* but have no `validation_step`.*")
+    for pattern in expected:
+        warnings.filterwarnings("ignore", message=pattern)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropTips())  # advertisements for other packages
+
+
 def build_trainer(cfg: DictConfig, method: AnomalyMethod, out: Path, callbacks: list) -> pl.Trainer:
+    silence_expected_warnings(method)
     trainer_kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs.pop("_target_", None)
     trainer_kwargs.update(method.trainer_arguments)  # the method's needs win (e.g. a single epoch)
