@@ -285,13 +285,14 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
                 raise CheckpointError(f"ckpt_path=last: no checkpoint in {out}")
         cfg = adopt_checkpoint_model(cfg, read_checkpoint(cfg.ckpt_path))
     key = config_key(cfg)
-    auto_resume = claim_run_folder(cfg, key, fit)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.dataset)
     method = instantiate_method(cfg)
     datamodule.use_train_split = method.requires_training
+    datamodule.prepare_data()  # what fit/test would do first (generate the synthetic set, download where asked)
     datamodule.setup("fit" if fit else "test")
     check_split(datamodule.test_dataset.samples, datamodule.require_masks)  # before hours of training
+    auto_resume = claim_run_folder(cfg, key, fit)  # after the checks: a refused config leaves no record behind
     collector = EvaluationCollector()
     callbacks: list = [collector]
     if fit and method.requires_training:
@@ -451,6 +452,7 @@ def predict(cfg: DictConfig) -> list:
     """`anomaly_zoo.predict`: a folder of new images → scores.csv, overlays and report.html."""
     from anomaly_zoo.inference import predict_folder
 
+    validate_config(cfg)
     state = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     if state is not None:
         cfg = adopt_checkpoint_model(cfg, state)

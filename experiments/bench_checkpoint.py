@@ -26,7 +26,7 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 def main(repeats: int = 5) -> None:
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=onenip_demo", "logger=null", "trainer.limit_train_batches=2",
+        cfg = compose("train", overrides=["experiment=onenip_demo", "~logger", "trainer.limit_train_batches=2",
                                           "method.max_epochs=1", "trainer.enable_progress_bar=false",
                                           "dataset.num_workers=0"])  # fmt: skip
         with open_dict(cfg):

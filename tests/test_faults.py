@@ -195,7 +195,7 @@ def test_the_whole_test_split_is_checked_before_fitting_and_every_bad_file_named
     check_split([s for s in samples if s.mask_path is None], require_masks=False)  # allowed when asked
     with pytest.raises(Exception, match=r"d1\.png"):  # through the run: before any checkpoint or result
         run(cfg, fit=True)
-    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "results.json").exists()
+    assert not (tmp_path / "run").exists(), "refused before anything was written"
     assert tree_hash(root) == before
 
 
@@ -348,7 +348,19 @@ def uninterrupted(synthetic_root, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def _assert_same_run(reference: Path, resumed_dir: Path) -> None:
+    """Bit-identical final weights and equal metrics."""
+    full = read_checkpoint(reference / "checkpoints" / "last.ckpt")
+    resumed = read_checkpoint(resumed_dir / "checkpoints" / "last.ckpt")
+    assert resumed["epoch"] == full["epoch"] == 4
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    results = [json.loads((d / "results.json").read_text()) for d in (reference, resumed_dir)]
+    assert results[0]["categories"] == results[1]["categories"]
+
+
+# SIGKILL: the submitit test below kills its run that way
+@pytest.mark.parametrize("sig", [signal.SIGTERM], ids=["SIGTERM"])
 def test_a_killed_run_resumes_to_the_same_weights_and_metrics(synthetic_root, uninterrupted, tmp_path, sig):
     out = tmp_path / "killed"
     args = _train_args(synthetic_root, out, 0.1)  # slowed to about 2 s of training: killed mid-run
@@ -361,20 +373,14 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(synthetic_root, un
         assert "stopped by SIGTERM" in killed.stdout and "Run the same command again to resume" in killed.stdout
     again = run_module("anomaly_zoo.train", *args)  # the same command, once more
     assert "resuming an unfinished run of the same config from" in again.stdout
-    full = read_checkpoint(uninterrupted / "checkpoints" / "last.ckpt")
-    resumed = read_checkpoint(out / "checkpoints" / "last.ckpt")
-    assert resumed["epoch"] == full["epoch"] == 4
-    for key, value in full["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
-    results = [json.loads((d / "results.json").read_text()) for d in (uninterrupted, out)]
-    assert results[0]["categories"] == results[1]["categories"]
+    _assert_same_run(uninterrupted, out)
 
 
-def test_a_submitit_sweep_with_a_killed_run_resumes_it_when_rerun(synthetic_root, tmp_path):
+def test_a_submitit_sweep_with_a_killed_run_resumes_it_when_rerun(synthetic_root, uninterrupted, tmp_path):
     """hydra-submitit-launcher's local executor: the launcher code `hydra/launcher=slurm` uses, minus the scheduler.
 
     Run 0 is quick, run 1 slow; run 1's job is SIGKILLed after its first checkpoint. Re-running the sweep skips run 0
-    and resumes run 1, and both end with results.
+    and resumes run 1, and both end with results; run 1 ends with the uninterrupted run's weights and metrics.
     """
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
@@ -383,15 +389,24 @@ def test_a_submitit_sweep_with_a_killed_run_resumes_it_when_rerun(synthetic_root
     cmd = [sys.executable, "-m", "anomaly_zoo.train", *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def unfinished_jobs() -> list[Path]:  # submitit's local job id is the job's process id
+        jobs = [d for d in (sweep / ".submitit").glob("*") if d.name.isdigit()]
+        return [d for d in jobs if not list(d.glob("*_result.pkl"))]
+
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if (sweep / "0" / "results.json").exists() and (sweep / "1" / "checkpoints" / "last.ckpt").exists():
-            break
+        if (sweep / "1" / "checkpoints" / "last.ckpt").exists() and len(unfinished_jobs()) == 1:
+            break  # run 0 has finished, run 1 has written a checkpoint and goes on training
         time.sleep(0.05)
-    # submitit's local job id is the job's process id; the one without a result yet is run 1
-    running = [d for d in (sweep / ".submitit").iterdir() if d.is_dir() and not list(d.glob("*_result.pkl"))]
-    assert len(running) == 1, "run 0 finished, run 1 still training"
-    os.kill(int(running[0].name), signal.SIGKILL)
+    running = unfinished_jobs()
+    assert len(running) == 1 and (sweep / "0" / "results.json").exists()
+    # the job id is submitit's local controller; the run itself is its child task process: kill that one
+    controller = int(running[0].name)
+    tasks = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    assert tasks, "the job's task process"
+    for pid in tasks:
+        os.kill(int(pid), signal.SIGKILL)
     proc.communicate(timeout=120)
     assert not (sweep / "1" / "results.json").exists()
     again = run_module("anomaly_zoo.train", *args)
@@ -400,3 +415,4 @@ def test_a_submitit_sweep_with_a_killed_run_resumes_it_when_rerun(synthetic_root
     logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.out"))
     assert logs.count("resuming an unfinished run of the same config") == 1 and "skipping: a finished run" in logs
     assert again.returncode == 0
+    _assert_same_run(uninterrupted, sweep / "1")  # step_seconds only slows it down
