@@ -187,14 +187,17 @@ class RunFolderError(RuntimeError):
 
 
 def _recorded_run(folder: Path) -> dict[str, Any] | None:
-    for name in ("results.json", RUN_RECORD):  # results.json is the later record
+    """The folder's latest record: results.json (a run ended) or run.json (a run started), whichever is newer."""
+    records = []
+    for name in ("results.json", RUN_RECORD):
         try:
-            found = json.loads((folder / name).read_text())
+            path = folder / name
+            found = json.loads(path.read_text())
+            records.append((path.stat().st_mtime_ns, name == "results.json", found))
         except (OSError, ValueError):
             continue
-        if "config_key" in found:
-            return found
-    return None
+    records = [r for r in records if "config_key" in r[2]]
+    return max(records, key=lambda r: r[:2])[2] if records else None
 
 
 def claim_run_folder(cfg: DictConfig, key: str, fit: bool) -> Path | None:
@@ -379,12 +382,13 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint was written for another method, backbone or input size than the run asks for."""
 
 
-def _explicit_overrides() -> set[str]:
-    """The config keys set on the command line (Hydra's task overrides), e.g. {"method", "dataset.image_size"}."""
+def _explicit_overrides() -> set[str] | None:
+    """The config keys set on the command line (Hydra's task overrides), e.g. {"method", "dataset.image_size"};
+    None outside a Hydra app (a config composed in Python)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return set()
+        return None
     keys = set()
     for override in HydraConfig.get().overrides.task:
         keys.add(override.split("=", 1)[0].lstrip("+~"))
@@ -399,13 +403,15 @@ def adopt_checkpoint_model(cfg: DictConfig, state: dict[str, Any]) -> DictConfig
     """test/predict with a checkpoint: method, backbone and input size come from the checkpoint.
 
     A value the command line sets (method=..., backbone=..., dataset.image_size=..., experiment=...) that contradicts
-    the checkpoint is an error naming both; one that only comes from the defaults is replaced. Checkpoints written
-    before they recorded their model are used as the config says.
+    the checkpoint is an error naming both; one that only comes from the defaults is replaced; `method.*` keys set on
+    the command line (inference options such as OneNIP's prompt_selection) are kept. Checkpoints written before they
+    recorded their model are used as the config says.
     """
     meta = state.get(METADATA_KEY)
     if not meta:
         return cfg
     explicit = _explicit_overrides()
+    composed_in_python, explicit = explicit is None, explicit or set()
     cfg = cfg.copy()
     mismatches = []
     wanted_method = method_name(cfg)
@@ -428,12 +434,15 @@ def adopt_checkpoint_model(cfg: DictConfig, state: dict[str, Any]) -> DictConfig
     with open_dict(cfg):
         if meta.get("backbone"):
             cfg.backbone = meta["backbone"]
-        method_cfg = dict(meta["method_config"])
-        if wanted_method == meta["method"]:  # keys the user set on the command line win (e.g. inference options)
+        if wanted_method != meta["method"]:  # the config's method is only the default: the checkpoint's instead
+            cfg.method = meta["method_config"]
+        elif not composed_in_python:  # the checkpoint's settings, but keys set on the command line win
+            method_cfg = dict(meta["method_config"])
             for k, v in OmegaConf.to_container(cfg.method, resolve=True).items():
                 if _asked(explicit, f"method.{k}") and "experiment" not in explicit:
                     method_cfg[k] = v
-        cfg.method = method_cfg
+            cfg.method = method_cfg
+        # (a config composed in Python keeps its own method settings: it cannot tell defaults from choices)
         h, w = meta["image_size"]
         cfg.dataset.image_size = h if h == w else [h, w]
     return cfg

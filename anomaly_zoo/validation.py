@@ -73,6 +73,40 @@ def _wandb_error(cfg: DictConfig) -> str | None:
             "run with WANDB_MODE=offline (then `wandb sync <run folder>/wandb/offline-run-*`)")  # fmt: skip
 
 
+def _weight_sources(tree: Any, key: str = "") -> list[tuple[str, str, str | None]]:
+    """(config key, hub repo or "", local file or None) of every pretrained model the config will load."""
+    found = []
+    if isinstance(tree, dict):
+        if tree.get("weights") == "hub" and tree.get("timm_name"):
+            found.append((key, f"timm/{tree['timm_name']}", None))
+        elif tree.get("weights") == "file":
+            found.append((key, "", tree.get("weights_path") or ""))
+        elif isinstance(tree.get("model_id"), str):  # diffusers pipelines (DIVAD's Stable Diffusion)
+            found.append((key, tree["model_id"], None))
+        for k, v in tree.items():
+            found += _weight_sources(v, f"{key}.{k}" if key else k)
+    return list({(repo, file): (k, repo, file) for k, repo, file in reversed(found)}.values())[::-1]  # once each
+
+
+def missing_weights(cfg: DictConfig) -> list[str]:
+    """Every pretrained model the run needs that is not available here, named at once (before the first one fails
+    deep inside timm or diffusers): weights files that do not exist and, offline (HF_HUB_OFFLINE=1), hub models
+    that are not in the Hugging Face cache."""
+    tree = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("method", "backbone") if cfg.get(k) is not None}
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    cache = Path(
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    )
+    missing = []
+    for key, repo, file in _weight_sources(tree):
+        if file is not None and not Path(file).expanduser().is_file():
+            missing.append(f"{key}: weights=file but weights_path={file!r} is not a file")
+        elif repo and offline and not (cache / f"models--{repo.replace('/', '--')}").is_dir():
+            missing.append(f"{key}: {repo} (Hugging Face hub) is not in {cache}")
+    return missing
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Every bad value at once, one line each: `key=value: must be <allowed range>`."""
     errors: list[str] = []
@@ -108,6 +142,9 @@ def validate_config(cfg: DictConfig) -> None:
         errors.append(f"ckpt_path={ckpt!r}: no such checkpoint file (or ckpt_path=last: the run folder's newest)")
     if (wandb := _wandb_error(cfg)) is not None:
         errors.append(wandb)
+    if weights := missing_weights(cfg):
+        errors.append(f"{len(weights)} pretrained model(s) missing (offline): " + "; ".join(weights)
+                      + ". Download them where the hub is reachable (then cached) or use weights=file")  # fmt: skip
     if errors:
         raise ConfigError("\n".join(errors))
 

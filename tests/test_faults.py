@@ -161,6 +161,18 @@ def test_all_bad_values_are_listed_at_once_and_wandb_without_login_says_how_to_r
     assert len(lines) == 3 and "WANDB_MODE=offline" in lines[2]
 
 
+def test_every_missing_pretrained_model_is_named_at_once(compose_cfg, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    cfg = compose_cfg("test", ["method=divad", "backbone=sd15"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    text = str(err.value)
+    assert "2 pretrained model(s) missing" in text  # DIVAD's DINO and its Stable Diffusion, in one message
+    assert "method.feature_extractor: timm/vit_small_patch8_224.dino" in text
+    assert "backbone: stable-diffusion-v1-5/stable-diffusion-v1-5" in text
+
+
 def _folder_dataset(root: Path, synthetic_root: Path) -> Path:
     """A folder dataset with one of each data fault: a corrupt test image, a wrong-size mask, a missing mask."""
     src = synthetic_root / "coin"
@@ -255,7 +267,9 @@ def test_a_checkpoint_records_its_model_and_test_takes_it_from_there(compose_cfg
     cfg = compose_cfg("test", ["dataset.categories=[coin]", "eval.heatmaps_per_category=0",
                                f"ckpt_path={small_checkpoint}"])  # fmt: skip
     res = json.loads(Path(run(cfg, fit=False)["results_path"]).read_text())
-    assert res["eval_size"] == [64, 64] and res["config"]["method"]["bank_size"] == 64
+    trained = json.loads((small_checkpoint.parents[1] / "results.json").read_text())
+    assert res["eval_size"] == [64, 64] and res["config"]["backbone"] == meta["backbone"]
+    assert res["categories"] == trained["categories"]  # the same model on the same images as at training time
 
 
 def test_contradicting_a_checkpoint_or_loading_another_methods_is_one_clear_error(
