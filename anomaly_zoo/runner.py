@@ -75,8 +75,9 @@ def load_checkpoint_weights(method: AnomalyMethod, ckpt_path: str | Path, name: 
     Weights that do not fit the method are a `CheckpointMismatchError` naming the method that wrote them (where the
     checkpoint records it) instead of the state dict's key lists."""
     state = read_checkpoint(ckpt_path)
+    if name is not None:  # the config's method name (what checkpoints record), when the caller has a config
+        check_model_matches(name, state, ckpt_path)
     name = name or type(method).__name__
-    check_model_matches(name, state, ckpt_path)
     try:
         method.on_load_checkpoint(state)
         method.load_state_dict(state["state_dict"])
