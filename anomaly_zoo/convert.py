@@ -16,7 +16,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from anomaly_zoo.runner import instantiate_method, load_checkpoint_weights
+from anomaly_zoo.checkpointing import METADATA_KEY
+from anomaly_zoo.runner import instantiate_method, load_checkpoint_weights, model_metadata
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,16 @@ def convert(cfg: DictConfig) -> Path:
     imported = getattr(method, "official_import", None)
     if not imported:
         raise ValueError(f"ckpt_path={cfg.ckpt_path} is not an official OneNIP/UniAD checkpoint: nothing to convert")
+    datamodule = hydra.utils.instantiate(cfg.dataset)
+    datamodule.prepare_data()  # as a run does: generate or download the dataset where configured
+    datamodule.setup("fit")
     if method.transformer.uses_prompt:
-        datamodule = hydra.utils.instantiate(cfg.dataset)
-        datamodule.setup("fit")
         method.complete_from_training_data(datamodule.train_dataset)
-    checkpoint = {"state_dict": method.state_dict(), "hyper_parameters": dict(method.hparams)}
+    checkpoint = {
+        "state_dict": method.state_dict(),
+        "hyper_parameters": dict(method.hparams),
+        METADATA_KEY: model_metadata(cfg, datamodule),  # test/predict take method, backbone and size from it
+    }
     method.on_save_checkpoint(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")

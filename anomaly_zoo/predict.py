@@ -3,10 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
+from anomaly_zoo.errors import clear_messages
 from anomaly_zoo.runner import predict
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@clear_messages
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -6,11 +6,11 @@ results.json, a printed table, heatmap overlays.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,25 @@ import hydra
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from anomaly_zoo import config_keys
+from anomaly_zoo.checkpointing import (
+    METADATA_KEY,
+    AtomicCheckpointIO,
+    RecordModel,
+    checkpoint_callbacks,
+    newest_checkpoint,
+)
+from anomaly_zoo.errors import one_line
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
 from anomaly_zoo.evaluation.threshold import calibrate_and_record
-from anomaly_zoo.methods.base import AnomalyMethod
+from anomaly_zoo.methods.base import AnomalyMethod, CheckpointFormatError
 from anomaly_zoo.reporting import metrics_table, save_overlay
+from anomaly_zoo.validation import check_split, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +69,27 @@ def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint_weights(method: AnomalyMethod, ckpt_path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint's weights (and the method's own extra state) for evaluation; returns the checkpoint."""
+def load_checkpoint_weights(method: AnomalyMethod, ckpt_path: str | Path, name: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint's weights (and the method's own extra state) for evaluation; returns the checkpoint.
+
+    Weights that do not fit the method are a `CheckpointMismatchError` naming the method that wrote them (where the
+    checkpoint records it) instead of the state dict's key lists."""
     state = read_checkpoint(ckpt_path)
-    method.on_load_checkpoint(state)
-    method.load_state_dict(state["state_dict"])
+    if name is not None:  # the config's method name (what checkpoints record), when the caller has a config
+        check_model_matches(name, state, ckpt_path)
+    name = name or type(method).__name__
+    try:
+        method.on_load_checkpoint(state)
+        method.load_state_dict(state["state_dict"])
+    except CheckpointFormatError:
+        raise  # the method already says what does not fit
+    except (RuntimeError, KeyError, ValueError) as err:
+        writer = (state.get(METADATA_KEY) or {}).get("method", "an unrecorded method (an older checkpoint)")
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointMismatchError(
+            f"ckpt_path={ckpt_path}: its weights do not fit method={name} as configured (written by {writer}): "
+            f"{first[:300]}"
+        ) from err
     return state
 
 
@@ -80,18 +107,31 @@ def method_name(cfg: DictConfig) -> str:
     return cfg.method.get("name") or cfg.method._target_.rsplit(".", 1)[-1]
 
 
-def checkpoint_callbacks(folder: Path, datamodule) -> list[ModelCheckpoint]:
-    """Always `last.ckpt`; with a validation split (dataset.val_ratio > 0) also `best.ckpt` by val/loss.
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
 
-    Never selected on the test split.
-    """
-    callbacks = [ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0)]
-    if getattr(datamodule, "val_ratio", 0) > 0:
-        callbacks.append(ModelCheckpoint(dirpath=folder, filename="best", monitor="val/loss", mode="min", save_top_k=1))
-    return callbacks
+
+def silence_expected_warnings(method: AnomalyMethod) -> None:
+    """Lightning's warnings that are expected for this method (so that the real ones stand out)."""
+    expected = [
+        r".*in eval mode at the start of training.*",  # frozen backbones are in eval mode by design
+        r".*does not have many workers.*",
+        r".*smaller than the logging interval.*",
+    ]
+    if not method.automatic_optimization:  # e.g. PatchKNN: one pass over the data, no optimizer
+        expected.append(r".*configure_optimizers.* returned `None`.*")
+    if type(method).validation_step is pl.LightningModule.validation_step:
+        expected.append(r".*val_dataloader.* but have no `validation_step`.*")
+    for pattern in expected:
+        warnings.filterwarnings("ignore", message=pattern)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropTips())  # advertisements for other packages
 
 
 def build_trainer(cfg: DictConfig, method: AnomalyMethod, out: Path, callbacks: list) -> pl.Trainer:
+    silence_expected_warnings(method)
     trainer_kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs.pop("_target_", None)
     trainer_kwargs.update(method.trainer_arguments)  # the method's needs win (e.g. a single epoch)
@@ -100,18 +140,20 @@ def build_trainer(cfg: DictConfig, method: AnomalyMethod, out: Path, callbacks: 
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the resolved config, once
         if method.requires_training:
             callbacks = [*callbacks, LearningRateMonitor(logging_interval="epoch")]
-    return pl.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(out))
+    plugins = [*(trainer_kwargs.pop("plugins", None) or []), AtomicCheckpointIO()]
+    return pl.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(out), plugins=plugins)
 
 
-# Keys that do not change a run's results: left out of the key that identifies a finished run.
-_KEY_EXCLUDED = ("paths", "hydra", "logger", "force", "eval")
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # the failure may be in the config itself
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def config_key(cfg: DictConfig) -> str:
-    """A stable hash of the resolved config, without output paths and logging settings."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    kept = {k: v for k, v in resolved.items() if k not in _KEY_EXCLUDED}
-    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A stable hash of the resolved config's result-relevant keys (anomaly_zoo.config_keys)."""
+    return config_keys.config_key(resolved_config(cfg))
 
 
 def _is_multirun() -> bool:
@@ -139,6 +181,62 @@ def _finished_run(cfg: DictConfig, key: str) -> Path | None:
     return None
 
 
+#: Written when a run starts (config and key), replaced by results.json's record when it ends.
+RUN_RECORD = "run.json"
+
+
+class RunFolderError(RuntimeError):
+    """The run folder holds a run of another config: running here would mix two runs' files."""
+
+
+def _recorded_run(folder: Path) -> dict[str, Any] | None:
+    """The folder's latest record: results.json (a run ended) or run.json (a run started), whichever is newer."""
+    records = []
+    for name in ("results.json", RUN_RECORD):
+        try:
+            path = folder / name
+            found = json.loads(path.read_text())
+            records.append((path.stat().st_mtime_ns, name == "results.json", found))
+        except (OSError, ValueError):
+            continue
+    records = [r for r in records if "config_key" in r[2]]
+    return max(records, key=lambda r: r[:2])[2] if records else None
+
+
+def claim_run_folder(cfg: DictConfig, key: str, fit: bool) -> Path | None:
+    """Refuse a folder that holds a run of another config; otherwise record this run's config in it.
+
+    Returns the checkpoint to resume from when the folder holds an unfinished training run of this same config
+    (a killed or requeued job started again). A failed run of another config that left no checkpoint may be
+    replaced: nothing of it is worth keeping.
+    """
+    out = output_dir(cfg)
+    found = _recorded_run(out)
+    leftovers = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt")) if (out / "checkpoints").is_dir() else []
+    if found is None and leftovers:
+        raise RunFolderError(
+            f"run folder {out} holds checkpoints ({', '.join(leftovers)}) of a run that recorded no config: "
+            "choose another folder (hydra.run.dir=... or, for a sweep, hydra.sweep.dir=...) or move them away"
+        )
+    resume = None
+    if found is not None and found.get("config_key") != key:
+        if found.get("status") != "failed" or leftovers:
+            diff = config_keys.differing_keys(found.get("config", {}), resolved_config(cfg))
+            raise RunFolderError(
+                f"run folder {out} holds a {found.get('status', 'finished')} run of another config "
+                f"(that run → this one: {'; '.join(diff) or 'same values, recorded by an older version'}); "
+                "running here would mix the two runs' files. Choose another folder (hydra.run.dir=... or, for a "
+                "sweep, hydra.sweep.dir=...) or delete that one"
+            )
+    elif found is not None and found.get("status") != "ok" and fit:
+        resume = newest_checkpoint(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"{RUN_RECORD}.tmp"
+    tmp.write_text(json.dumps({"status": "started", "config_key": key, "config": resolved_config(cfg)}, indent=2))
+    tmp.replace(out / RUN_RECORD)
+    return resume
+
+
 def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
     """What the entry points call: skips a run already finished with the same config (unless force=true) and,
     inside a multirun, records a failed run in its results.json instead of stopping the sweep."""
@@ -151,47 +249,84 @@ def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
     start = time.perf_counter()
     try:
         return run(cfg, fit=fit)
+    except RunFolderError:
+        raise  # never write into another run's folder, not even a failure record
     except Exception as err:
         if not _is_multirun():
             raise
-        log.exception("run failed; recorded in results.json, the sweep goes on")
-        try:
-            config = OmegaConf.to_container(cfg, resolve=True)
-        except Exception:  # the failure may be in the config itself
-            config = OmegaConf.to_container(cfg, resolve=False)
+        from anomaly_zoo.errors import record_failure
+
+        log.error("run failed (%s); recorded in results.json, the sweep goes on", one_line(err))
+        record_failure(str(output_dir(cfg)), one_line(err))
         write_results(
-            output_dir(cfg), method_name(cfg), cfg.dataset.name, config, {}, {},
+            output_dir(cfg), method_name(cfg), cfg.dataset.name, resolved_config(cfg), {}, {},
             time.perf_counter() - start,
-            extra={"status": "failed", "error": f"{type(err).__name__}: {err}", "config_key": key,
+            extra={"status": "failed", "error": one_line(err), "config_key": key,
                    "traceback": traceback.format_exc(limit=20)},
         )  # fmt: skip
         return None
 
 
+def model_metadata(cfg: DictConfig, datamodule) -> dict[str, Any]:
+    """What a checkpoint records about its model, so that test/predict need not be told again."""
+    return {
+        "method": method_name(cfg),
+        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
+        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True) if cfg.get("backbone") else None,
+        "image_size": list(datamodule.test_dataset.size),
+        "config_key": config_key(cfg),
+    }
+
+
 def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     """Fit (when asked and the method learns), then test; returns the results payload."""
     start = time.perf_counter()
+    validate_config(cfg)
     out = output_dir(cfg)
+    if cfg.get("ckpt_path") and not fit:
+        if cfg.ckpt_path == "last":
+            with open_dict(cfg):
+                cfg.ckpt_path = str(newest_checkpoint(out) or "")
+            if not cfg.ckpt_path:
+                raise CheckpointError(f"ckpt_path=last: no checkpoint in {out}")
+        cfg = adopt_checkpoint_model(cfg, read_checkpoint(cfg.ckpt_path))
+    key = config_key(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.dataset)
     method = instantiate_method(cfg)
     datamodule.use_train_split = method.requires_training
     datamodule.views = method.input_views()
+    datamodule.prepare_data()  # what fit/test would do first (generate the synthetic set, download where asked)
+    datamodule.setup("fit" if fit else "test")
+    check_split(datamodule.test_dataset.samples, datamodule.require_masks)  # before hours of training
+    auto_resume = claim_run_folder(cfg, key, fit)  # after the checks: a refused config leaves no record behind
     collector = EvaluationCollector()
     callbacks: list = [collector]
     if fit and method.requires_training:
-        callbacks += checkpoint_callbacks(out / "checkpoints", datamodule)
+        every = int(cfg.get("checkpoint", {}).get("every_n_epochs", 1))
+        callbacks += [*checkpoint_callbacks(out / "checkpoints", datamodule, every),
+                      RecordModel(model_metadata(cfg, datamodule))]  # fmt: skip
     trainer = build_trainer(cfg, method, out, callbacks)
 
     if fit and method.requires_training:
         resume = cfg.get("ckpt_path")
+        if resume == "last":
+            resume = newest_checkpoint(out)
+            if resume is None:
+                log.warning("ckpt_path=last: no checkpoint in %s yet, training from the start", out)
+        elif resume is None and auto_resume is not None:
+            resume = auto_resume
+            print(f"resuming an unfinished run of the same config from {resume}")
         if resume:  # resume: weights, optimizer, scheduler, epoch and the method's RNG state
-            read_checkpoint(resume)  # a clear error for a bad file before Lightning touches it
-        trainer.fit(method, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+            check_model_matches(method_name(cfg), read_checkpoint(resume), resume)  # clear errors first
+        try:
+            trainer.fit(method, datamodule=datamodule, ckpt_path=resume and str(resume), weights_only=True)
+        except SIGTERMException:
+            _stopped_by_signal(out)
         if trainer.is_global_zero:
             calibrate_and_record(method, datamodule, out / "checkpoints", cfg.eval.threshold_false_alarm_rate)
     elif cfg.get("ckpt_path"):
-        load_checkpoint_weights(method, cfg.ckpt_path)
+        load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg))
     elif method.requires_training:
         raise ValueError(
             f"method {method_name(cfg)} must be trained: run anomaly_zoo.train, "
@@ -214,7 +349,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
         runtime,
         extra={
             "status": "ok",
-            "config_key": config_key(cfg),
+            "config_key": key,
             "protocol": cfg.dataset.protocol,
             "eval_size": list(datamodule.test_dataset.size),
             **method.result_metadata(),
@@ -238,14 +373,106 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     }
 
 
+def _stopped_by_signal(out: Path) -> None:
+    """Lightning stopped fitting on SIGTERM (pre-emption, scancel): say what is kept and exit 143 (128 + SIGTERM)."""
+    last = newest_checkpoint(out)
+    epoch = read_checkpoint(last).get("epoch") if last else None
+    kept = f"{last} (after epoch {epoch + 1})" if last else "no checkpoint yet (the first epoch had not ended)"
+    print(f"stopped by SIGTERM; kept {kept}. Run the same command again to resume it.", flush=True)
+    raise SystemExit(143)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written for another method, backbone or input size than the run asks for."""
+
+
+def _explicit_overrides() -> set[str] | None:
+    """The config keys set on the command line (Hydra's task overrides), e.g. {"method", "dataset.image_size"};
+    None outside a Hydra app (a config composed in Python)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    keys = set()
+    for override in HydraConfig.get().overrides.task:
+        keys.add(override.split("=", 1)[0].lstrip("+~"))
+    return keys
+
+
+def _asked(explicit: set[str], key: str) -> bool:
+    return "experiment" in explicit or any(k == key or k.startswith(key + ".") for k in explicit)
+
+
+def adopt_checkpoint_model(cfg: DictConfig, state: dict[str, Any]) -> DictConfig:
+    """test/predict with a checkpoint: method, backbone and input size come from the checkpoint.
+
+    A value the command line sets (method=..., backbone=..., dataset.image_size=..., experiment=...) that contradicts
+    the checkpoint is an error naming both; one that only comes from the defaults is replaced; `method.*` keys set on
+    the command line (inference options such as OneNIP's prompt_selection) are kept. Checkpoints written before they
+    recorded their model are used as the config says.
+    """
+    meta = state.get(METADATA_KEY)
+    if not meta:
+        return cfg
+    explicit = _explicit_overrides()
+    composed_in_python, explicit = explicit is None, explicit or set()
+    cfg = cfg.copy()
+    mismatches = []
+    wanted_method = method_name(cfg)
+    if wanted_method != meta["method"] and _asked(explicit, "method"):
+        mismatches.append(f"method: the checkpoint was written by method={meta['method']}, "
+                          f"this run asks for method={wanted_method}")  # fmt: skip
+    size = cfg.dataset.image_size
+    size = list(size) if OmegaConf.is_list(size) else [size, size]
+    if size != list(meta["image_size"]) and _asked(explicit, "dataset.image_size"):
+        mismatches.append(f"dataset.image_size: the checkpoint was trained at {meta['image_size']}, "
+                          f"this run asks for {size}")  # fmt: skip
+    backbone = cfg.get("backbone")
+    backbone = OmegaConf.to_container(backbone, resolve=True) if backbone is not None else None
+    if meta.get("backbone") and backbone != meta["backbone"] and _asked(explicit, "backbone"):
+        mismatches.append(f"backbone: the checkpoint's is {meta['backbone'].get('name')}, "
+                          f"this run asks for {(backbone or {}).get('name')}")  # fmt: skip
+    if mismatches:
+        raise CheckpointMismatchError(f"ckpt_path={cfg.ckpt_path} does not fit this run: " + "; ".join(mismatches)
+                                      + " (leave these keys out to take them from the checkpoint)")  # fmt: skip
+    with open_dict(cfg):
+        if meta.get("backbone"):
+            cfg.backbone = meta["backbone"]
+        if wanted_method != meta["method"]:  # the config's method is only the default: the checkpoint's instead
+            cfg.method = meta["method_config"]
+        elif not composed_in_python:  # the checkpoint's settings, but keys set on the command line win
+            method_cfg = dict(meta["method_config"])
+            for k, v in OmegaConf.to_container(cfg.method, resolve=True).items():
+                if _asked(explicit, f"method.{k}") and "experiment" not in explicit:
+                    method_cfg[k] = v
+            cfg.method = method_cfg
+        # (a config composed in Python keeps its own method settings: it cannot tell defaults from choices)
+        h, w = meta["image_size"]
+        cfg.dataset.image_size = h if h == w else [h, w]
+    return cfg
+
+
+def check_model_matches(name: str, state: dict[str, Any], ckpt_path: str | Path) -> None:
+    meta = state.get(METADATA_KEY) or {}
+    if meta.get("method") and meta["method"] != name:
+        raise CheckpointMismatchError(
+            f"ckpt_path={ckpt_path} was written by method={meta['method']}, not {name}: pass method={meta['method']} "
+            "(or leave method out: test and predict take it from the checkpoint)"
+        )
+
+
 def predict(cfg: DictConfig) -> list:
     """`anomaly_zoo.predict`: a folder of new images → scores.csv, overlays and report.html."""
     from anomaly_zoo.inference import predict_folder
 
+    validate_config(cfg)
+    state = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if state is not None:
+        cfg = adopt_checkpoint_model(cfg, state)
     method = instantiate_method(cfg)
     threshold, source = cfg.get("threshold"), "given on the command line"
-    if cfg.get("ckpt_path"):
-        recorded = load_checkpoint_weights(method, cfg.ckpt_path).get("threshold")
+    if state is not None:
+        recorded = load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg)).get("threshold")
         if threshold is None and recorded:
             threshold = recorded["value"]
             source = (

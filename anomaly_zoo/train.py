@@ -3,10 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
+from anomaly_zoo.errors import clear_messages
 from anomaly_zoo.runner import run_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@clear_messages
 def main(cfg: DictConfig) -> float | None:
     result = run_job(cfg, fit=True)
     return result.get("objective") if result else None  # the validation loss, for hydra/sweeper=optuna

@@ -11,25 +11,29 @@ import pytest
 from tests.helpers.cli import run_module
 
 
-def _sweep(synthetic_root, sweep_dir, *extra):
+def _sweep(synthetic_root, sweep_dir, *extra, expect=0):
     common = [
         "-m", f"dataset.root={synthetic_root}", "dataset.categories=[logo,coin]", "dataset.num_workers=0",
         "~method", "+method._target_=tests.helpers.pixel_method.PixelDeviation", "+method.name=pixel_deviation",
         "trainer.enable_progress_bar=false", "eval.heatmaps_per_category=0", f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
-    return run_module("anomaly_zoo.test", *common, *extra)
+    return run_module("anomaly_zoo.test", *common, *extra, expect=expect)
 
 
 @pytest.fixture(scope="module")
 def sweep(synthetic_root, tmp_path_factory):
     """A 2 x 2 sweep plus one run that fails (reference='oops' is not a number)."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    first = _sweep(synthetic_root, sweep_dir, "+method.reference=0.3,0.7,oops", "dataset.image_size=64,96")
+    # the sweep runs to its end, then exits with status 1 because runs failed
+    first = _sweep(synthetic_root, sweep_dir, "+method.reference=0.3,0.7,oops", "dataset.image_size=64,96", expect=1)
     return sweep_dir, first
 
 
 def test_failed_run_is_recorded_and_the_sweep_goes_on(sweep):
-    sweep_dir, _ = sweep
+    sweep_dir, first = sweep
+    # after the last run: a table of the failed runs, each with its root cause on one line
+    summary = first.stderr[first.stderr.index("2 run(s) of this sweep failed") :]
+    assert summary.count(f"| {sweep_dir}/") == 2 and "TypeError" in summary
     results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
     assert len(results) == 6
     failed = [r for r in results if r["status"] == "failed"]
@@ -145,10 +149,11 @@ def test_leaderboard_presets_run_baseline_patchcore_padim_and_onenip(preset, key
 
 
 def test_leaderboard_labels_name_only_what_tells_runs_apart(tmp_path):
-    from anomaly_zoo.reporting.leaderboard import RunRecord, _flatten, label_runs
+    from anomaly_zoo.config_keys import flatten
+    from anomaly_zoo.reporting.leaderboard import RunRecord, label_runs
 
     def record(method: str, config: dict) -> RunRecord:
-        return RunRecord(tmp_path, method, "synthetic", "ok", "", {}, {}, config, flat=_flatten(config))
+        return RunRecord(tmp_path, method, "synthetic", "ok", "", {}, {}, config, flat=flatten(config))
 
     runs = [
         record("patch_knn", {"method": {"name": "patch_knn", "bank_size": 1024}, "dataset": {"image_size": 256}}),

@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from anomaly_zoo.backbones.feature_extractor import NORMALIZATIONS
 from anomaly_zoo.data.samples import Sample
-from anomaly_zoo.data.views import ImageView, render_views
+from anomaly_zoo.data.views import ImageView, render_views, unit_tensor_to_pil
 
 #: How ground-truth masks reach the evaluation size. nearest: nearest neighbour; bilinear_nonzero: PIL bilinear
 #: on the 0/255 mask, then every non-zero pixel is defective (the official DIVAD evaluation: torchvision Resize,
@@ -25,21 +25,44 @@ class ImageReadError(ValueError):
     """An image or mask file cannot be read or does not fit its image."""
 
 
-def read_rgb(path: str | Path) -> Image.Image:
+#: Pillow modes whose pixels are wider than 8 bits, with the value that means full scale. Pillow's convert("RGB")
+#: clips them at 255 (a 16-bit camera image turns all white), so they are scaled here before anything else.
+_WIDE_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1], scaled by the file's bit depth.
+
+    8-bit grey, RGB, RGBA (alpha dropped), palette, 1-bit and CMYK go through Pillow's conversion; 16-bit grey
+    (PNG, TIFF) is divided by 65535; Pillow reads 16-bit RGB PNG/TIFF as 8-bit RGB (the high byte), which keeps
+    their scale. 32-bit integer images ("I", e.g. 16-bit PNG in older Pillow) count as 16-bit unless larger.
+    """
+    if img.mode in _WIDE_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        full = _WIDE_MODES[img.mode]
+        if img.mode == "I" and values.size and values.max() > 65535:
+            full = float(2**32 - 1)
+        grey = np.clip(values / full, 0.0, 1.0).astype(np.float32)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _open(path: str | Path, what: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise ImageReadError(f"cannot read image {path}: {err}. Replace or remove the file.") from err
+            return _pixels(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise ImageReadError(f"cannot read {what} {path}: {err}. Replace or remove the file.") from err
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """The one image reader (datamodule, predict, heatmaps): (3, H, W) float32 in [0, 1] at the file's size."""
+    return torch.from_numpy(np.ascontiguousarray(_open(path, "image").transpose(2, 0, 1)))
 
 
 def read_mask(path: str | Path, image_size: tuple[int, int]) -> np.ndarray:
-    """A binary mask (H, W) of the image's size (PIL size order: width, height)."""
-    try:
-        with Image.open(path) as img:
-            mask = np.asarray(img.convert("L")) > 0
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise ImageReadError(f"cannot read mask {path}: {err}. Replace or remove the file.") from err
+    """A binary mask (H, W) of the image's size (PIL size order: width, height); any non-zero pixel is defective."""
+    mask = _open(path, "mask").max(axis=-1) > 0
     if mask.shape[::-1] != tuple(image_size):
         raise ImageReadError(
             f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {image_size[0]}x{image_size[1]} "
@@ -87,12 +110,12 @@ class AnomalyImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        pil = read_rgb(sample.image_path)
-        image = TF.to_dtype(TF.pil_to_tensor(pil), torch.float32, scale=True)
-        image = TF.resize(image, list(self.size), antialias=True)
+        original = load_image(sample.image_path)
+        full_size = (original.shape[2], original.shape[1])  # width, height, as the mask check names them
+        image = TF.resize(original, list(self.size), antialias=True)
         image = TF.normalize(image, self.mean, self.std)
         if sample.mask_path is not None:
-            mask = resize_mask(read_mask(sample.mask_path, pil.size), self.size, self.mask_resize)
+            mask = resize_mask(read_mask(sample.mask_path, full_size), self.size, self.mask_resize)
         elif sample.label == 1 and self.require_masks:
             raise ImageReadError(
                 f"defective test image {sample.image_path} has no ground-truth mask; pixel metrics need one. "
@@ -109,5 +132,5 @@ class AnomalyImageDataset(Dataset):
             "index": index,
         }
         if self.views:
-            item["views"] = render_views(pil, self.views)
+            item["views"] = render_views(unit_tensor_to_pil(original), self.views)
         return item

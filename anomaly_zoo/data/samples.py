@@ -122,10 +122,33 @@ def index_folder(
             normal_dir=normal_dir,
             abnormal_dir=abnormal_dir,
             normal_test_dir=normal_test_dir,
-            mask_dir=mask_dir,
+            mask_dir=None,  # paired below, by name
             split=split,
             extensions=tuple(extensions) if extensions else None,
         ).samples
     except Exception as err:
         raise DatasetLayoutError(f"cannot index folder dataset at {root}: {type(err).__name__}: {err}") from err
-    return _samples_from_frame(frame, category)
+    samples = _samples_from_frame(frame, category)
+    return _attach_masks(samples, [root / d for d in ([mask_dir] if isinstance(mask_dir, str) else mask_dir or [])])
+
+
+def _attach_masks(samples: list[Sample], mask_dirs: list[Path]) -> list[Sample]:
+    """Masks by file name (`<name>.<ext>` or `<name>_mask.<ext>`) for the defective images.
+
+    Hand-written because anomalib's Folder pairs images and masks by sorted position: one missing mask fails with a
+    NumPy length error that names no file, or silently shifts every later mask onto the wrong image. Here a
+    defective image without a mask keeps `mask_path=None`, which the test-split check reports by name.
+    """
+    if not mask_dirs:
+        return samples
+    masks: dict[str, str] = {}
+    for folder in mask_dirs:
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                masks.setdefault(path.stem, str(path))
+    paired = []
+    for s in samples:
+        stem = Path(s.image_path).stem
+        mask = masks.get(stem) or masks.get(f"{stem}_mask") if s.label == 1 else None
+        paired.append(Sample(s.image_path, mask, s.label, s.category))
+    return paired

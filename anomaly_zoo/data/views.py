@@ -42,6 +42,12 @@ def pil_to_unit_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
 
 
+def unit_tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) float in [0, 1] (load_image) → uint8 RGB PIL image; exact for 8-bit files (x / 255 * 255)."""
+    arr = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+
 def render_view(image: Image.Image, view: ImageView) -> torch.Tensor:
     return pil_to_unit_tensor(image.resize((view.size, view.size), RESAMPLING[view.resample]))
 

@@ -12,8 +12,8 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from anomaly_zoo.data.image_dataset import ImageReadError, read_rgb
-from anomaly_zoo.data.views import ImageView, render_views
+from anomaly_zoo.data.image_dataset import ImageReadError, load_image
+from anomaly_zoo.data.views import ImageView, render_views, unit_tensor_to_pil
 from anomaly_zoo.methods.base import AnomalyMethod
 from anomaly_zoo.reporting import save_overlay
 from anomaly_zoo.reporting.html_report import write_report
@@ -32,14 +32,22 @@ class PredictionRow:
     error: str = ""
 
 
-def find_images(input_path: str | Path) -> list[Path]:
-    """Every jpg/png/bmp/tif below `input_path` (or the file itself), sorted; clear errors otherwise."""
+def find_images(input_path: str | Path, skipped: list[Path] | None = None) -> list[Path]:
+    """Every jpg/png/bmp/tif below `input_path` (or the file itself), sorted; clear errors otherwise.
+
+    Other files (and hidden folders' contents) are not images: they are appended to `skipped` when given.
+    """
     root = Path(input_path).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"input={input_path}: no such file or folder")
     if root.is_file():
+        if root.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise FileNotFoundError(f"input={input_path}: not an image ({', '.join(IMAGE_EXTENSIONS)})")
         return [root]
-    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    found = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if skipped is not None:
+        skipped += [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if not found:
         raise FileNotFoundError(
             f"input={input_path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below"
@@ -48,8 +56,18 @@ def find_images(input_path: str | Path) -> list[Path]:
 
 
 def _overlay_name(path: Path, root: Path) -> str:
+    """overlays/<path relative to the input, extension kept>.png: one overlay per input file, never shared
+    (`a.png` and `a.jpg`, or `sub/a.png` and `sub__a.png`, would collide if the name were flattened or stripped)."""
     rel = path.relative_to(root) if root.is_dir() else Path(path.name)
-    return "overlays/" + "__".join(rel.with_suffix("").parts) + ".png"
+    return (Path("overlays") / rel.parent / f"{rel.name}.png").as_posix()
+
+
+def _check_output_outside_input(output: Path, root: Path) -> None:
+    if root.is_dir() and output.resolve().is_relative_to(root.resolve()):
+        raise ValueError(
+            f"output={output} is inside input={root}: the next run would score this run's overlays; "
+            "choose an output folder outside the input folder"
+        )
 
 
 def _check_output(output: Path, planned: list[str], overwrite: bool) -> None:
@@ -63,9 +81,9 @@ def _check_output(output: Path, planned: list[str], overwrite: bool) -> None:
 
 def _load(path: Path, size: tuple[int, int], views: dict[str, ImageView]) -> tuple[torch.Tensor, dict]:
     """The image at `size` and the method's input views, from one decode (as the dataset does)."""
-    pil = read_rgb(path)
-    image = TF.to_dtype(TF.pil_to_tensor(pil), torch.float32, scale=True)
-    return TF.resize(image, list(size), antialias=True), render_views(pil, views)
+    original = load_image(path)
+    rendered = render_views(unit_tensor_to_pil(original), views) if views else {}
+    return TF.resize(original, list(size), antialias=True), rendered
 
 
 @torch.no_grad()
@@ -82,11 +100,19 @@ def predict_folder(
 ) -> list[PredictionRow]:
     """Score every image under `input_path`; write overlays, scores.csv and report.html into `output`."""
     root = Path(input_path).expanduser()
-    images = find_images(root)
     output = Path(output).expanduser()
+    _check_output_outside_input(output, root)
+    skipped: list[Path] = []
+    images = find_images(root, skipped)
+    if skipped:
+        shown = ", ".join(str(p.relative_to(root)) for p in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        log.warning("skipped %d file(s) that are not images (%s): %s%s", len(skipped), ", ".join(IMAGE_EXTENSIONS),
+                    shown, more)  # fmt: skip
     rows = [PredictionRow(str(p), overlay=_overlay_name(p, root)) for p in images]
     _check_output(output, ["scores.csv", "report.html", *(r.overlay for r in rows)], overwrite)
-    (output / "overlays").mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        (output / row.overlay).parent.mkdir(parents=True, exist_ok=True)
     size = (image_size, image_size)
     method.eval()
     views = method.input_views()

@@ -19,6 +19,10 @@ from lightning.pytorch import LightningModule
 from anomaly_zoo.data.views import ImageView
 
 
+class CheckpointFormatError(ValueError):
+    """A method's own one-line explanation of why a checkpoint does not fit it (kind, size, layout): shown as is."""
+
+
 class MethodOutput(TypedDict):
     anomaly_maps: torch.Tensor  # (N, H, W) float, higher = more anomalous, any resolution
     pred_scores: torch.Tensor  # (N,) float

@@ -9,7 +9,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
-from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from anomaly_zoo.data.image_dataset import load_image  # the one reader: 16-bit images are not drawn white
 
 
 def save_overlay(
@@ -24,8 +26,7 @@ def save_overlay(
 ) -> Path:
     """Write one overlay figure. `vmin`/`vmax` fix the colour scale (e.g. shared across a category)."""
     h, w = anomaly_map.shape
-    with Image.open(image_path) as img:
-        rgb = np.asarray(img.convert("RGB").resize((w, h), Image.BILINEAR))
+    rgb = TF.resize(load_image(image_path), [h, w], antialias=True).clamp(0, 1).permute(1, 2, 0).numpy()
     vmin = float(anomaly_map.min()) if vmin is None else vmin
     vmax = float(anomaly_map.max()) if vmax is None else vmax
     panels = 4 if mask is not None else 3

@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anomaly_zoo.config_keys import flatten, is_result_neutral
 from anomaly_zoo.metrics import METRIC_NAMES
-
-# Config keys that never distinguish runs in a table (paths, logging, the run key itself).
-_IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "eval.", "force", "config_key", "trainer.enable_")
 
 
 @dataclass
@@ -28,15 +26,6 @@ class RunRecord:
     config: dict[str, Any]
     label: str = ""
     flat: dict[str, Any] = field(default_factory=dict)
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: json.dumps(tree) if isinstance(tree, list) else tree}
 
 
 def collect_runs(folders: Iterable[str | Path]) -> list[RunRecord]:
@@ -57,7 +46,7 @@ def collect_runs(folders: Iterable[str | Path]) -> list[RunRecord]:
                     categories=data.get("categories", {}),
                     mean=data.get("mean", {}),
                     config=data.get("config", {}),
-                    flat=_flatten(data.get("config", {})),
+                    flat=flatten(data.get("config", {})),
                 )
             )
     if not runs:
@@ -76,7 +65,8 @@ def label_runs(runs: list[RunRecord]) -> None:
     def varies(group: list[RunRecord], key: str) -> bool:
         return len({json.dumps(r.flat.get(key), default=str) for r in group}) > 1
 
-    keys = sorted({k for r in runs for k in r.flat if not k.startswith(_IGNORED_PREFIXES)})
+    # the keys that tell runs apart are the ones that can change results (the same rule as run skipping)
+    keys = sorted({k for r in runs for k in r.flat if not is_result_neutral(k, r.flat.get("task_name"))})
     shared = [k for k in keys if not k.startswith("method.") and varies(runs, k)]
     for method in {r.method for r in runs}:
         group = [r for r in runs if r.method == method]
@@ -95,6 +85,12 @@ def _best(values: list[float | None]) -> float | None:
     return max(present) if present else None
 
 
+def _cell(text: str, limit: int = 160) -> str:
+    """One Markdown table cell: one line, no column separators (older results.json hold multi-line errors)."""
+    line = " ".join(str(text).split()).replace("|", "/")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def _markdown(title: str, runs: list[RunRecord], rows_of: Any) -> str:
     header = "| run | status | " + " | ".join(METRIC_NAMES) + " |"
     lines = [f"### {title}", "", header, "|---|---|" + "---:|" * len(METRIC_NAMES)]
@@ -105,7 +101,7 @@ def _markdown(title: str, runs: list[RunRecord], rows_of: Any) -> str:
             v = rows_of(r).get(m)
             text = _fmt(v)
             cells.append(f"**{text}**" if v is not None and v == best[m] and r.status == "ok" else text)
-        status = r.status if r.status == "ok" else f"failed: {r.error[:80]}"
+        status = r.status if r.status == "ok" else f"failed: {_cell(r.error)}"
         lines.append(f"| {r.label} | {status} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

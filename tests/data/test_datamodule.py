@@ -133,8 +133,8 @@ def test_input_views_come_from_the_original_file_and_one_decode(synthetic_root, 
     dm.views = {"sd": ImageView(80, "bicubic"), "dino": ImageView(48, "bilinear")}
     dm.setup()
     reads = []
-    real = image_dataset.read_rgb
-    monkeypatch.setattr(image_dataset, "read_rgb", lambda p: (reads.append(p), real(p))[1])
+    real = image_dataset.load_image
+    monkeypatch.setattr(image_dataset, "load_image", lambda p: (reads.append(p), real(p))[1])
     item = dm.test_dataset[0]
     assert len(reads) == 1
     with Image.open(item["path"]) as img:

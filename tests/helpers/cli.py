@@ -12,11 +12,12 @@ ROOT = Path(__file__).resolve().parents[2]
 OFFLINE_ENV = {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def run_module(module: str, *args: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    """`python -m module args...` in the repository root; fails the test with the stderr tail on a non-zero exit."""
+def run_module(module: str, *args: str, timeout: int = 600, expect: int = 0, **env: str) -> subprocess.CompletedProcess:
+    """`python -m module args...` in the repository root; fails the test with the stderr tail unless it exits with
+    status `expect`."""
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT, env={**os.environ, **OFFLINE_ENV, **env}, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-    assert proc.returncode == 0, f"python -m {module} exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == expect, f"python -m {module} exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
     return proc

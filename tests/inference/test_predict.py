@@ -71,12 +71,12 @@ def test_folder_prediction_writes_csv_overlays_and_report(compose_cfg, trained_c
     threshold = float(match.group(1))
     for r in scored:
         assert r["decision"] == ("anomalous" if float(r["score"]) > threshold else "normal")
-    pngs = sorted(out.glob("overlays/*.png"))
+    pngs = sorted(out.rglob("overlays/**/*.png"))
     assert len(pngs) == 5
     sizes = {Image.open(p).size for p in pngs}
     assert sizes == {(int(3.2 * 3 * 80), int(3.4 * 80))}  # input | heatmap | overlay panels
     for p in pngs:
-        assert f"src='overlays/{p.name}'" in report
+        assert f"src='{p.relative_to(out).as_posix()}'" in report
     # Sorted by score, most anomalous first.
     shown = [float(s) for s in re.findall(r"score ([0-9.e+-]+)", report)[: len(scored)]]
     assert shown == sorted(shown, reverse=True)

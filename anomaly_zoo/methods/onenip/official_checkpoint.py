@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from anomaly_zoo.backbones.lukemelas import is_lukemelas_state, lukemelas_to_timm, unused_lukemelas_keys
+from anomaly_zoo.methods.base import CheckpointFormatError
 
 #: (official key under `reconstruction.`, regex) → framework key template. First match wins.
 _RENAMES: list[tuple[str, str]] = [
@@ -54,7 +55,7 @@ _RENAMES: list[tuple[str, str]] = [
 _COMPILED = [(re.compile(pattern + "$"), template) for pattern, template in _RENAMES]
 
 
-class OfficialCheckpointError(ValueError):
+class OfficialCheckpointError(CheckpointFormatError):
     """An official checkpoint that does not fit the configured model (kind, size, depth)."""
 
 

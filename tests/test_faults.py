@@ -1,0 +1,432 @@
+"""Faults and bad inputs a user meets: each gives a message naming the culprit, and no user file changes.
+
+Every case hashes the files the user made (datasets, run folders, images) before and after and asserts they are
+byte-identical, so a refusal never leaves a half-written or replaced file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import open_dict
+from PIL import Image
+
+from anomaly_zoo.config_keys import config_key, differing_keys, is_result_neutral
+from anomaly_zoo.data.image_dataset import AnomalyImageDataset, load_image
+from anomaly_zoo.data.samples import Sample
+from anomaly_zoo.errors import one_line
+from anomaly_zoo.inference.folder_predictor import predict_folder
+from anomaly_zoo.reporting.leaderboard import RunRecord, _markdown
+from anomaly_zoo.runner import RunFolderError, read_checkpoint, run, run_job
+from anomaly_zoo.validation import ConfigError, DataValidationError, check_split, validate_config
+from tests.helpers.cli import OFFLINE_ENV, ROOT, run_module
+from tests.helpers.pixel_method import PixelDeviation
+
+PIXEL = ["~method", "+method._target_=tests.helpers.pixel_method.PixelDeviation", "+method.name=pixel_deviation"]
+QUICK = ["dataset.categories=[coin]", "dataset.image_size=64", "eval.heatmaps_per_category=0"]
+
+
+def tree_hash(*folders: Path) -> dict[str, str]:
+    """sha1 of every file below the folders (path → digest)."""
+    out = {}
+    for folder in folders:
+        for p in sorted(Path(folder).rglob("*")):
+            if p.is_file():
+                out[str(p)] = hashlib.sha1(p.read_bytes()).hexdigest()
+    return out
+
+
+# ---------------------------------------------------------------- images as they are
+def _png16(path: Path, array: np.ndarray) -> None:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit RGB): grey (H, W) or RGB(A) (H, W, C)."""
+    h, w = array.shape[:2]
+    colour = {2: 0, 3: 2, 4: 6}[array.ndim if array.ndim == 2 else array.shape[2]]
+    raw = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
+RNG = np.random.default_rng(0)
+GREY16 = RNG.integers(0, 65536, (12, 10)).astype(np.uint16)
+RGB16 = RNG.integers(0, 65536, (12, 10, 3)).astype(np.uint16)
+RGB8 = RNG.integers(0, 256, (12, 10, 3)).astype(np.uint8)
+
+
+def _kinds(folder: Path) -> dict[str, tuple[Path, np.ndarray, float]]:
+    """file kind → (file, expected (H, W, 3) in [0, 1], tolerance)."""
+    import tifffile
+
+    grey16 = np.repeat((GREY16 / 65535.0)[..., None], 3, axis=-1)
+    kinds = {}
+    Image.fromarray(RGB8[..., 0]).save(folder / "grey8.png")
+    kinds["grey8"] = (folder / "grey8.png", np.repeat(RGB8[..., :1] / 255.0, 3, axis=-1), 1e-6)
+    Image.fromarray(GREY16).save(folder / "grey16.png")  # Pillow writes "I;16" as a 16-bit PNG
+    kinds["grey16_png"] = (folder / "grey16.png", grey16, 1e-6)
+    _png16(folder / "grey16_raw.png", GREY16)
+    kinds["grey16_png_raw"] = (folder / "grey16_raw.png", grey16, 1e-6)
+    tifffile.imwrite(folder / "grey16.tif", GREY16)
+    kinds["grey16_tiff"] = (folder / "grey16.tif", grey16, 1e-6)
+    Image.fromarray(RGB8).save(folder / "rgb8.png")
+    kinds["rgb8"] = (folder / "rgb8.png", RGB8 / 255.0, 1e-6)
+    rgba = np.concatenate([RGB8, np.full((12, 10, 1), 7, np.uint8)], axis=-1)
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    kinds["rgba"] = (folder / "rgba.png", RGB8 / 255.0, 1e-6)  # alpha dropped, colour untouched
+    palette_image = Image.fromarray((RGB8[..., 0] % 4).astype(np.uint8), "P")
+    palette = [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255]
+    palette_image.putpalette(palette)
+    palette_image.save(folder / "palette.png")
+    colours = np.array(palette, dtype=float).reshape(4, 3) / 255.0
+    kinds["palette"] = (folder / "palette.png", colours[RGB8[..., 0] % 4], 1e-6)
+    # 16-bit colour: Pillow keeps the high byte, so the scale is right to within one 8-bit step
+    _png16(folder / "rgb16.png", RGB16)
+    kinds["rgb16_png"] = (folder / "rgb16.png", RGB16 / 65535.0, 1 / 255)
+    tifffile.imwrite(folder / "rgb16.tif", RGB16)
+    kinds["rgb16_tiff"] = (folder / "rgb16.tif", RGB16 / 65535.0, 1 / 255)
+    return kinds
+
+
+def test_every_bit_depth_and_colour_mode_is_read_at_its_scale(tmp_path):
+    for kind, (path, expected, tol) in _kinds(tmp_path).items():
+        image = load_image(path)
+        assert image.shape == (3, 12, 10) and image.dtype == torch.float32, kind
+        np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), expected, atol=tol, err_msg=kind)
+
+
+def test_the_datamodule_and_predict_read_16_bit_images_as_they_are(tmp_path):
+    """A 16-bit grey image of mid-grey values is not all white anywhere it is read (the old bug: 1.0 everywhere)."""
+    mid = np.full((12, 10), 30000, np.uint16)
+    Image.fromarray(mid).save(tmp_path / "mid16.png")
+    item = AnomalyImageDataset([Sample(str(tmp_path / "mid16.png"), None, 0, "c")], 12)[0]
+    assert torch.allclose(item["image"], torch.full_like(item["image"], 30000 / 65535), atol=1e-5)
+    rows = predict_folder(
+        PixelDeviation(reference=0.0), tmp_path, tmp_path.parent / f"{tmp_path.name}_out", 12, None, "test"
+    )
+    assert rows[0].score == pytest.approx(30000 / 65535, abs=1e-5)  # PixelDeviation(0): the image's own value
+
+
+# ---------------------------------------------------------------- validate before work
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("dataset.image_size=abc", "dataset.image_size='abc': must be an integer >= 32"),
+        ("dataset.image_size=0", "dataset.image_size=0: must be"),
+        ("dataset.image_size=-64", "dataset.image_size=-64: must be"),
+        ("dataset.image_size=16", "dataset.image_size=16: must be an integer >= 32"),
+        ("dataset.train_batch_size=0", "dataset.train_batch_size=0: must be an integer >= 1"),
+        ("dataset.eval_batch_size=-4", "dataset.eval_batch_size=-4: must be an integer >= 1"),
+        ("dataset.num_workers=-1", "dataset.num_workers=-1: must be an integer >= 0"),
+        ("dataset.val_ratio=1.5", "dataset.val_ratio=1.5: must be in [0, 1)"),
+        (f"trainer.devices={(os.cpu_count() or 1) + 6}", "CPU cores here"),
+        ("checkpoint.every_n_epochs=0", "checkpoint.every_n_epochs=0: must be an integer >= 1"),
+        ("eval.threshold_false_alarm_rate=2", "eval.threshold_false_alarm_rate=2: must be in [0, 1)"),
+        ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': no such checkpoint file"),
+        ("dataset=mvtec dataset.root=/no/such/folder", "dataset.root='/no/such/folder': no such folder"),
+    ],
+)
+def test_bad_config_values_are_named_with_their_allowed_range(compose_cfg, override, named):
+    cfg = compose_cfg("train", override.split())
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert named in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_all_bad_values_are_listed_at_once_and_wandb_without_login_says_how_to_run_offline(
+    compose_cfg, monkeypatch, tmp_path
+):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    cfg = compose_cfg("train", ["dataset.train_batch_size=0", "dataset.eval_batch_size=0", "logger=wandb"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3 and "WANDB_MODE=offline" in lines[2]
+
+
+def test_every_missing_pretrained_model_is_named_at_once(compose_cfg, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    cfg = compose_cfg("test", ["method=divad", "backbone=sd15"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    text = str(err.value)
+    assert "2 pretrained model(s) missing" in text  # DIVAD's DINO and its Stable Diffusion, in one message
+    assert "method.feature_extractor: timm/vit_small_patch8_224.dino" in text
+    assert "backbone: stable-diffusion-v1-5/stable-diffusion-v1-5" in text
+
+
+def _folder_dataset(root: Path, synthetic_root: Path) -> Path:
+    """A folder dataset with one of each data fault: a corrupt test image, a wrong-size mask, a missing mask."""
+    src = synthetic_root / "coin"
+    (root / "good").mkdir(parents=True)
+    (root / "defect").mkdir()
+    (root / "mask").mkdir()
+    for p in sorted((src / "train" / "good").glob("*.png"))[:6]:
+        Image.open(p).save(root / "good" / p.name)
+    defects = sorted(p for p in (src / "test").rglob("*.png") if p.parent.name != "good")[:3]
+    for i, p in enumerate(defects):
+        Image.open(p).save(root / "defect" / f"d{i}.png")
+        mask = Image.open(src / "ground_truth" / p.parent.name / f"{p.stem}_mask.png")
+        mask.save(root / "mask" / f"d{i}.png")
+    Image.open(root / "mask" / "d1.png").resize((17, 17)).save(root / "mask" / "d1.png")  # wrong size
+    (root / "defect" / "d2.png").write_bytes((root / "defect" / "d2.png").read_bytes()[:200])  # truncated
+    return root
+
+
+def test_the_whole_test_split_is_checked_before_fitting_and_every_bad_file_named(compose_cfg, synthetic_root, tmp_path):
+    root = _folder_dataset(tmp_path / "mine", synthetic_root)
+    (root / "defect" / "d3.png").write_bytes((root / "defect" / "d0.png").read_bytes())  # no mask for this one
+    before = tree_hash(root)
+    cfg = compose_cfg("train", ["dataset=folder", f"dataset.root={root}", "dataset.mask_dir=mask",
+                                "dataset.image_size=64", "method.bank_size=64"])  # fmt: skip
+    samples = [Sample(str(p), str(root / "mask" / p.name) if (root / "mask" / p.name).exists() else None, 1, "f")
+               for p in sorted((root / "defect").glob("*.png"))]  # fmt: skip
+    with pytest.raises(DataValidationError) as err:
+        check_split(samples, require_masks=True)
+    text = str(err.value)
+    assert "3 problem(s)" in text and "d1.png: mask is 17x17" in text and "d2.png: unreadable" in text
+    assert "d3.png: defective image without a mask" in text and "require_masks=false" in text
+    check_split([s for s in samples if s.mask_path is None], require_masks=False)  # allowed when asked
+    with pytest.raises(Exception, match=r"d1\.png"):  # through the run: before any checkpoint or result
+        run(cfg, fit=True)
+    assert not (tmp_path / "run").exists(), "refused before anything was written"
+    assert tree_hash(root) == before
+
+
+# ---------------------------------------------------------------- nothing overwritten
+def test_one_definition_of_keys_that_do_not_change_results():
+    from anomaly_zoo.reporting import leaderboard
+
+    base = {"task_name": "train", "method": {"bank_size": 64}, "trainer": {"enable_progress_bar": True}}
+    toggled = {**base, "trainer": {"enable_progress_bar": False}, "checkpoint": {"every_n_epochs": 5}}
+    assert config_key(base) == config_key(toggled)  # a progress-bar toggle is the same run
+    assert config_key(base) != config_key({**base, "method": {"bank_size": 128}})
+    assert config_key(base) == config_key({**base, "ckpt_path": "last"})  # resuming a training run: same run
+    assert not is_result_neutral("ckpt_path", "test")  # evaluating another checkpoint: another run
+    assert leaderboard.is_result_neutral is is_result_neutral  # the leaderboard uses the same rule
+    assert differing_keys(base, {**base, "method": {"bank_size": 128}}) == ["method.bank_size: 64 → 128"]
+
+
+def test_a_run_folder_of_another_config_is_refused_and_left_as_it_was(compose_cfg, tmp_path):
+    first = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.3"])
+    run(first, fit=False)
+    folder = Path(first.paths.output_dir)
+    before = tree_hash(folder)
+    other = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.7"])
+    with pytest.raises(RunFolderError) as err:
+        run_job(other, fit=False)
+    assert "method.reference: 0.3 → 0.7" in str(err.value) and str(folder) in str(err.value)
+    assert tree_hash(folder) == before
+    # the same config (a progress-bar toggle aside) is recognised as finished and skipped
+    same = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.3", "trainer.enable_progress_bar=true"])
+    assert run_job(same, fit=False) is None and tree_hash(folder) == before
+
+
+# ---------------------------------------------------------------- checkpoints know what they are
+@pytest.fixture(scope="module")
+def small_checkpoint(synthetic_root, tmp_path_factory) -> Path:
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    out = tmp_path_factory.mktemp("small_fit")
+    overrides = [f"dataset.root={synthetic_root}", "dataset.num_workers=0", "trainer.enable_progress_bar=false",
+                 "trainer.enable_model_summary=false", *QUICK, "method.bank_size=64",
+                 "method.sampling=random"]  # fmt: skip
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    run(cfg, fit=True)
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_a_checkpoint_records_its_model_and_test_takes_it_from_there(compose_cfg, small_checkpoint, tmp_path):
+    meta = read_checkpoint(small_checkpoint)["anomaly_zoo"]
+    assert meta["method"] == "patch_knn" and meta["image_size"] == [64, 64]
+    assert meta["backbone"]["name"] == "efficientnet_lite0" and meta["method_config"]["bank_size"] == 64
+    # nothing restated: the defaults (image_size 256, bank_size 2048) give way to the checkpoint's values
+    cfg = compose_cfg("test", ["dataset.categories=[coin]", "eval.heatmaps_per_category=0",
+                               f"ckpt_path={small_checkpoint}"])  # fmt: skip
+    res = json.loads(Path(run(cfg, fit=False)["results_path"]).read_text())
+    trained = json.loads((small_checkpoint.parents[1] / "results.json").read_text())
+    assert res["eval_size"] == [64, 64] and res["config"]["backbone"] == meta["backbone"]
+    assert res["categories"] == trained["categories"]  # the same model on the same images as at training time
+
+
+def test_contradicting_a_checkpoint_or_loading_another_methods_is_one_clear_error(
+    synthetic_root, small_checkpoint, tmp_path
+):
+    common = [f"dataset.root={synthetic_root}", "dataset.categories=[coin]", f"ckpt_path={small_checkpoint}",
+              f"hydra.run.dir={tmp_path}/r"]  # fmt: skip
+    before = tree_hash(small_checkpoint.parent)
+    size = run_module("anomaly_zoo.test", *common, "dataset.image_size=96", expect=1)
+    assert "trained at [64, 64], this run asks for [96, 96]" in size.stderr and "Traceback" not in size.stderr
+    other = run_module("anomaly_zoo.test", *common, "method=onenip", expect=1)
+    assert "written by method=patch_knn" in other.stderr and "method=onenip" in other.stderr
+    assert len([line for line in other.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert "Traceback" not in other.stderr
+    full = run_module("anomaly_zoo.test", *common, "method=onenip", expect=1, HYDRA_FULL_ERROR="1")
+    assert "Traceback" in full.stderr  # on request
+    assert tree_hash(small_checkpoint.parent) == before
+
+
+# ---------------------------------------------------------------- predict
+def test_predict_keeps_names_apart_refuses_output_inside_input_and_lists_non_images(tmp_path, caplog):
+    images = tmp_path / "in"
+    (images / "sub").mkdir(parents=True)
+    values = {"a.png": 10, "a.jpg": 60, "sub/a.png": 120, "sub__a.png": 200}
+    for name, value in values.items():
+        Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(images / name, quality=100)
+    (images / "notes.txt").write_text("x")
+    before = tree_hash(images)
+    with pytest.raises(ValueError, match="inside input"):
+        predict_folder(PixelDeviation(reference=0.0), images, images / "out", 16, None, "test")
+    with caplog.at_level("WARNING"):
+        rows = predict_folder(PixelDeviation(reference=0.0), images, tmp_path / "out", 16, None, "test")
+    assert "notes.txt" in caplog.text and "not images" in caplog.text
+    overlays = {Path(r.path).relative_to(images).as_posix(): r.overlay for r in rows}
+    assert len(set(overlays.values())) == 4 and overlays["sub/a.png"] == "overlays/sub/a.png.png"
+    for name, row in zip(overlays, rows, strict=True):  # each row's score is its own image's value
+        assert row.score == pytest.approx(values[name] / 255, abs=0.02)
+        assert (tmp_path / "out" / row.overlay).is_file()
+    assert tree_hash(images) == before
+
+
+# ---------------------------------------------------------------- failures in tables
+def test_failed_cells_carry_the_root_cause_on_one_line(tmp_path):
+    try:
+        try:
+            raise ValueError("cannot read image x.png: truncated")
+        except ValueError as inner:
+            raise RuntimeError("wrapper") from inner
+    except RuntimeError as err:
+        assert one_line(err) == "ValueError: cannot read image x.png: truncated"
+    worker = ValueError("Caught ImageReadError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                        "call last):\n  File ...\n"
+                        "anomaly_zoo.data.image_dataset.ImageReadError: cannot read y.png")  # fmt: skip
+    assert one_line(worker) == "ImageReadError: cannot read y.png"
+    record = RunRecord(tmp_path, "m", "d", "failed", "line one\nline | two", {}, {}, {}, label="m")
+    table = _markdown("t", [record], lambda r: r.mean)
+    assert table.splitlines()[-1].startswith("| m | failed: line one line / two |")
+
+
+# ---------------------------------------------------------------- killed runs resume to the same result
+# A small trainable method (tests/helpers/tiny_trainable.py): the checkpoint and resume machinery is the framework's,
+# the same for every method (OneNIP's own resume is checked in tests/methods/onenip/test_training.py).
+TINY = [
+    "~method", "+method._target_=tests.helpers.tiny_trainable.TinyAutoencoder", "+method.name=tiny",
+    "+method.max_epochs=5", "dataset.categories=[coin]", "dataset.image_size=32", "dataset.train_batch_size=4",
+    "dataset.num_workers=0", "trainer.limit_train_batches=4", "trainer.deterministic=true",
+    "eval.heatmaps_per_category=0", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+]  # fmt: skip
+
+
+def _train_args(synthetic_root: Path, out: Path, step_seconds: float) -> list[str]:
+    return [*TINY, f"+method.step_seconds={step_seconds}", f"dataset.root={synthetic_root}", f"hydra.run.dir={out}"]
+
+
+def _kill_after_first_checkpoint(cmd: list[str], out: Path, sig: int) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    ckpt, deadline = out / "checkpoints" / "last.ckpt", time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run_module("anomaly_zoo.train", *_train_args(synthetic_root, out, 0.0))  # no need to slow it down
+    return out
+
+
+def _assert_same_run(reference: Path, resumed_dir: Path) -> None:
+    """Bit-identical final weights and equal metrics."""
+    full = read_checkpoint(reference / "checkpoints" / "last.ckpt")
+    resumed = read_checkpoint(resumed_dir / "checkpoints" / "last.ckpt")
+    assert resumed["epoch"] == full["epoch"] == 4
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    results = [json.loads((d / "results.json").read_text()) for d in (reference, resumed_dir)]
+    assert results[0]["categories"] == results[1]["categories"]
+
+
+# SIGKILL: the submitit test below kills its run that way
+@pytest.mark.parametrize("sig", [signal.SIGTERM], ids=["SIGTERM"])
+def test_a_killed_run_resumes_to_the_same_weights_and_metrics(synthetic_root, uninterrupted, tmp_path, sig):
+    out = tmp_path / "killed"
+    args = _train_args(synthetic_root, out, 0.1)  # slowed to about 2 s of training: killed mid-run
+    killed = _kill_after_first_checkpoint([sys.executable, "-m", "anomaly_zoo.train", *args], out, sig)
+    assert killed.returncode == (-9 if sig == signal.SIGKILL else 143), killed.stderr[-2000:]
+    assert not (out / "results.json").exists()
+    epoch = read_checkpoint(out / "checkpoints" / "last.ckpt")["epoch"]
+    assert epoch < 4, "killed before the last epoch"
+    if sig == signal.SIGTERM:
+        assert "stopped by SIGTERM" in killed.stdout and "Run the same command again to resume" in killed.stdout
+    again = run_module("anomaly_zoo.train", *args)  # the same command, once more
+    assert "resuming an unfinished run of the same config from" in again.stdout
+    _assert_same_run(uninterrupted, out)
+
+
+def test_a_submitit_sweep_with_a_killed_run_resumes_it_when_rerun(synthetic_root, uninterrupted, tmp_path):
+    """hydra-submitit-launcher's local executor: the launcher code `hydra/launcher=slurm` uses, minus the scheduler.
+
+    Run 0 is quick, run 1 slow; run 1's job is SIGKILLed after its first checkpoint. Re-running the sweep skips run 0
+    and resumes run 1, and both end with results; run 1 ends with the uninterrupted run's weights and metrics.
+    """
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY,
+            "+method.step_seconds=0,0.3", f"dataset.root={synthetic_root}", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    cmd = [sys.executable, "-m", "anomaly_zoo.train", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def unfinished_jobs() -> list[Path]:  # submitit's local job id is the job's process id
+        jobs = [d for d in (sweep / ".submitit").glob("*") if d.name.isdigit()]
+        return [d for d in jobs if not list(d.glob("*_result.pkl"))]
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (sweep / "1" / "checkpoints" / "last.ckpt").exists() and len(unfinished_jobs()) == 1:
+            break  # run 0 has finished, run 1 has written a checkpoint and goes on training
+        time.sleep(0.05)
+    running = unfinished_jobs()
+    assert len(running) == 1 and (sweep / "0" / "results.json").exists()
+    # the job id is submitit's local controller; the run itself is its child task process: kill that one
+    controller = int(running[0].name)
+    tasks = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    assert tasks, "the job's task process"
+    for pid in tasks:
+        os.kill(int(pid), signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert not (sweep / "1" / "results.json").exists()
+    again = run_module("anomaly_zoo.train", *args)
+    results = [json.loads((sweep / n / "results.json").read_text()) for n in ("0", "1")]
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.out"))
+    assert logs.count("resuming an unfinished run of the same config") == 1 and "skipping: a finished run" in logs
+    assert again.returncode == 0
+    _assert_same_run(uninterrupted, sweep / "1")  # step_seconds only slows it down
