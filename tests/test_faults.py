@@ -170,7 +170,7 @@ def test_every_missing_pretrained_model_is_named_at_once(compose_cfg, monkeypatc
     text = str(err.value)
     assert "2 pretrained model(s) missing" in text  # DIVAD's DINO and its Stable Diffusion, in one message
     assert "method.feature_extractor: timm/vit_small_patch8_224.dino" in text
-    assert "backbone: stable-diffusion-v1-5/stable-diffusion-v1-5" in text
+    assert "method.diffusion: stable-diffusion-v1-5/stable-diffusion-v1-5" in text  # the key that holds it
 
 
 def _folder_dataset(root: Path, synthetic_root: Path) -> Path:
