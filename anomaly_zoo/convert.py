@@ -37,7 +37,7 @@ def convert(cfg: DictConfig) -> Path:
     datamodule.prepare_data()  # as a run does: generate or download the dataset where configured
     datamodule.setup("fit")
     if method.transformer.uses_prompt:
-        method.complete_from_training_data(datamodule.train_dataset)
+        method.complete_from_training_data(datamodule.training_data())
     checkpoint = {
         "state_dict": method.state_dict(),
         "hyper_parameters": dict(method.hparams),

@@ -33,7 +33,7 @@ from anomaly_zoo.checkpointing import (
 )
 from anomaly_zoo.errors import one_line
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
-from anomaly_zoo.evaluation.threshold import calibrate_and_record
+from anomaly_zoo.evaluation.threshold import DecisionThreshold, recorded_threshold
 from anomaly_zoo.methods.base import AnomalyMethod, CheckpointFormatError
 from anomaly_zoo.reporting import metrics_table, save_overlay
 from anomaly_zoo.validation import check_split, validate_config
@@ -101,6 +101,13 @@ def instantiate_method(cfg: DictConfig) -> AnomalyMethod:
     if not isinstance(method, AnomalyMethod):
         raise TypeError(f"method._target_={kwargs['_target_']} is not an anomaly_zoo AnomalyMethod subclass")
     return method
+
+
+def instantiate_datamodule(cfg: DictConfig, method: AnomalyMethod) -> Any:
+    """The datamodule from `cfg.dataset`, told what the method needs: the train split only for methods that learn,
+    and the method's input views."""
+    make = hydra.utils.instantiate(cfg.dataset, _partial_=True)
+    return make(use_train_split=method.requires_training, views=method.input_views())
 
 
 def method_name(cfg: DictConfig) -> str:
@@ -292,10 +299,9 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
         cfg = adopt_checkpoint_model(cfg, read_checkpoint(cfg.ckpt_path))
     key = config_key(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.dataset)
     method = instantiate_method(cfg)
-    datamodule.use_train_split = method.requires_training
-    datamodule.views = method.input_views()
+    datamodule = instantiate_datamodule(cfg, method)
+    method.check_normalization(datamodule.normalization)
     datamodule.prepare_data()  # what fit/test would do first (generate the synthetic set, download where asked)
     datamodule.setup("fit" if fit else "test")
     check_split(datamodule.test_dataset.samples, datamodule.require_masks)  # before hours of training
@@ -304,7 +310,9 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     callbacks: list = [collector]
     if fit and method.requires_training:
         every = int(cfg.get("checkpoint", {}).get("every_n_epochs", 1))
-        callbacks += [*checkpoint_callbacks(out / "checkpoints", datamodule, every),
+        validation = datamodule.val_dataloader if datamodule.val_dataset else None
+        callbacks += [DecisionThreshold(validation, cfg.eval.threshold_false_alarm_rate),
+                      *checkpoint_callbacks(out / "checkpoints", datamodule, every),
                       RecordModel(model_metadata(cfg, datamodule))]  # fmt: skip
     trainer = build_trainer(cfg, method, out, callbacks)
 
@@ -319,12 +327,11 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
             print(f"resuming an unfinished run of the same config from {resume}")
         if resume:  # resume: weights, optimizer, scheduler, epoch and the method's RNG state
             check_model_matches(method_name(cfg), read_checkpoint(resume), resume)  # clear errors first
+        method.setup_fit(datamodule.training_data())
         try:
             trainer.fit(method, datamodule=datamodule, ckpt_path=resume and str(resume), weights_only=True)
         except SIGTERMException:
             _stopped_by_signal(out)
-        if trainer.is_global_zero:
-            calibrate_and_record(method, datamodule, out / "checkpoints", cfg.eval.threshold_false_alarm_rate)
     elif cfg.get("ckpt_path"):
         load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg))
     elif method.requires_training:
@@ -332,6 +339,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
             f"method {method_name(cfg)} must be trained: run anomaly_zoo.train, "
             "or pass ckpt_path=/path/to/checkpoint.ckpt to anomaly_zoo.test"
         )
+    method.setup_test(datamodule.test_context())
     trainer.test(method, datamodule=datamodule)
     if not trainer.is_global_zero:
         return {}
@@ -470,9 +478,10 @@ def predict(cfg: DictConfig) -> list:
     if state is not None:
         cfg = adopt_checkpoint_model(cfg, state)
     method = instantiate_method(cfg)
+    method.check_normalization(cfg.dataset.normalization)
     threshold, source = cfg.get("threshold"), "given on the command line"
     if state is not None:
-        recorded = load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg)).get("threshold")
+        recorded = recorded_threshold(load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg)))
         if threshold is None and recorded:
             threshold = recorded["value"]
             source = (
@@ -488,6 +497,7 @@ def predict(cfg: DictConfig) -> list:
     rows = predict_folder(
         method.to(device), cfg.input, cfg.output, cfg.dataset.image_size, threshold, source,
         batch_size=cfg.batch_size, category=cfg.get("category"), overwrite=cfg.overwrite,
+        normalization=cfg.dataset.normalization,
     )  # fmt: skip
     print(f"{len(rows)} images → {Path(cfg.output) / 'scores.csv'}, {Path(cfg.output) / 'report.html'}")
     return rows

@@ -34,6 +34,9 @@ def main(repeats: int = 5) -> None:
         datamodule = hydra.utils.instantiate(cfg.dataset)
         method = instantiate_method(cfg)
         trainer = build_trainer(cfg, method, Path(tmp), [])
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        method.setup_fit(datamodule.training_data())  # what the runner does before fitting
         trainer.fit(method, datamodule=datamodule)
         times = []
         for _ in range(repeats):

@@ -621,6 +621,8 @@ def onenip_train(s: Settings, files: list[Path], cache: bool, seconds: float) ->
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        data.setup("fit")
+        model.setup_fit(data.training_data())
         trainer.fit(model, datamodule=data)
     skip = min(warm_steps, len(clock.ends) - 2)
     within, boundary = [], []

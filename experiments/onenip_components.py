@@ -41,6 +41,7 @@ def main(ckpt: str, overrides: list[str]) -> None:
     method = instantiate_method(cfg)
     load_checkpoint_weights(method, ckpt)
     method.eval()
+    method.setup_test(datamodule.test_context())
     method.on_test_start()
     collected: dict[str, dict[str, list]] = {}
     labels, masks, categories = [], [], []

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from anomaly_zoo.backbones.feature_extractor import NORMALIZATIONS
 from anomaly_zoo.data import synthetic
+from anomaly_zoo.data.context import TestContext, TrainingData
 from anomaly_zoo.data.image_dataset import MASK_RESIZES, AnomalyImageDataset
 from anomaly_zoo.data.registry import DatasetInfo, get_dataset_info
 from anomaly_zoo.data.samples import Sample, index_category, index_folder
@@ -54,6 +55,9 @@ class AnomalyDataModule(LightningDataModule):
         mask_dir: str | Sequence[str] | None = None,
         extensions: Sequence[str] | None = None,
         normal_test_ratio: float = 0.2,
+        # set by the runner from the method (AnomalyMethod.requires_training / input_views), not by dataset configs
+        use_train_split: bool = True,
+        views: dict[str, ImageView] | None = None,
     ) -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
@@ -80,9 +84,9 @@ class AnomalyDataModule(LightningDataModule):
         self.normal_test_ratio = normal_test_ratio
         self.categories = self._resolve_categories(category, categories)
         #: False for training-free methods: the train split is not indexed (it need not even exist on disk).
-        self.use_train_split = True
+        self.use_train_split = use_train_split
         #: The method's input views (AnomalyMethod.input_views), rendered by the datasets from the same decode.
-        self.views: dict[str, ImageView] = {}
+        self.views: dict[str, ImageView] = dict(views or {})
         self.train_dataset: AnomalyImageDataset | None = None
         self.val_dataset: AnomalyImageDataset | None = None
         self.test_dataset: AnomalyImageDataset | None = None
@@ -185,3 +189,17 @@ class AnomalyDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    # ------------------------------------------------------------------ what methods see (anomaly_zoo.data.context)
+    def training_data(self) -> TrainingData:
+        """The training split for `AnomalyMethod.setup_fit` (after `setup`)."""
+        if self.train_dataset is None or not self.use_train_split:
+            raise RuntimeError("the training split is not indexed: call setup() with use_train_split=True first")
+        return TrainingData(self.train_dataset, list(self.categories))
+
+    def test_context(self) -> TestContext:
+        """The test-time context for `AnomalyMethod.setup_test` (after `setup`)."""
+        if self.test_dataset is None:
+            raise RuntimeError("call datamodule.setup() first")
+        training = self.training_data() if self.use_train_split and self.train_dataset is not None else None
+        return TestContext(list(self.categories), self.protocol, self.root, self.test_dataloader, training)

@@ -60,6 +60,21 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(_open(path, "image").transpose(2, 0, 1)))
 
 
+def to_model_input(
+    original: torch.Tensor,
+    size: tuple[int, int],
+    normalization: str = "none",
+    views: dict[str, ImageView] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The one transform from a decoded file (`load_image`) to what a method receives, shared by the datamodule and
+    `anomaly_zoo.predict`: the image resized to `size` (H, W) and normalised, and the method's input views rendered
+    from the same decode."""
+    mean, std = NORMALIZATIONS[normalization]
+    image = TF.normalize(TF.resize(original, list(size), antialias=True), list(mean), list(std))
+    rendered = render_views(unit_tensor_to_pil(original), views) if views else {}
+    return image, rendered
+
+
 def read_mask(path: str | Path, image_size: tuple[int, int]) -> np.ndarray:
     """A binary mask (H, W) of the image's size (PIL size order: width, height); any non-zero pixel is defective."""
     mask = _open(path, "mask").max(axis=-1) > 0
@@ -99,8 +114,9 @@ class AnomalyImageDataset(Dataset):
             raise ValueError(f"dataset.mask_resize={mask_resize!r} is not one of {MASK_RESIZES}")
         self.samples = list(samples)
         self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        mean, std = NORMALIZATIONS[normalization]
-        self.mean, self.std = list(mean), list(std)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"dataset.normalization={normalization!r} is not one of {sorted(NORMALIZATIONS)}")
+        self.normalization = normalization
         self.require_masks = require_masks
         self.mask_resize = mask_resize
         self.views = dict(views or {})
@@ -112,8 +128,7 @@ class AnomalyImageDataset(Dataset):
         sample = self.samples[index]
         original = load_image(sample.image_path)
         full_size = (original.shape[2], original.shape[1])  # width, height, as the mask check names them
-        image = TF.resize(original, list(self.size), antialias=True)
-        image = TF.normalize(image, self.mean, self.std)
+        image, rendered = to_model_input(original, self.size, self.normalization, self.views)
         if sample.mask_path is not None:
             mask = resize_mask(read_mask(sample.mask_path, full_size), self.size, self.mask_resize)
         elif sample.label == 1 and self.require_masks:
@@ -132,5 +147,5 @@ class AnomalyImageDataset(Dataset):
             "index": index,
         }
         if self.views:
-            item["views"] = render_views(unit_tensor_to_pil(original), self.views)
+            item["views"] = rendered
         return item

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from anomaly_zoo.methods.base import upsample_maps
+from anomaly_zoo.methods.components import upsample_maps
 from anomaly_zoo.metrics import compute_category_metrics
 
 log = logging.getLogger(__name__)

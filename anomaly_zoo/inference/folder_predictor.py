@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from anomaly_zoo.data.image_dataset import ImageReadError, load_image
-from anomaly_zoo.data.views import ImageView, render_views, unit_tensor_to_pil
+from anomaly_zoo.data.image_dataset import ImageReadError, load_image, to_model_input
 from anomaly_zoo.methods.base import AnomalyMethod
 from anomaly_zoo.reporting import save_overlay
 from anomaly_zoo.reporting.html_report import write_report
@@ -79,13 +77,6 @@ def _check_output(output: Path, planned: list[str], overwrite: bool) -> None:
         )
 
 
-def _load(path: Path, size: tuple[int, int], views: dict[str, ImageView]) -> tuple[torch.Tensor, dict]:
-    """The image at `size` and the method's input views, from one decode (as the dataset does)."""
-    original = load_image(path)
-    rendered = render_views(unit_tensor_to_pil(original), views) if views else {}
-    return TF.resize(original, list(size), antialias=True), rendered
-
-
 @torch.no_grad()
 def predict_folder(
     method: AnomalyMethod,
@@ -97,6 +88,7 @@ def predict_folder(
     batch_size: int = 8,
     category: str | None = None,
     overwrite: bool = False,
+    normalization: str = "none",
 ) -> list[PredictionRow]:
     """Score every image under `input_path`; write overlays, scores.csv and report.html into `output`."""
     root = Path(input_path).expanduser()
@@ -122,7 +114,7 @@ def predict_folder(
         tensors, rendered, ok = [], [], []
         for i in batch_rows:
             try:
-                tensor, extra = _load(images[i], size, views)
+                tensor, extra = to_model_input(load_image(images[i]), size, normalization, views)
                 tensors.append(tensor)
                 rendered.append(extra)
                 ok.append(i)

@@ -47,6 +47,8 @@ def main(root: str, out: str) -> None:
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, callbacks=[SaveRankWeights(out_dir)],
                          gradient_clip_val=0.1)  # fmt: skip
+    dm.setup("fit")
+    method.setup_fit(dm.training_data())  # the runner's one door for data, as a user's own script would call it
     trainer.fit(method, datamodule=dm)
 
 

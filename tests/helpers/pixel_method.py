@@ -7,20 +7,18 @@ with the batch size).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
 
 
 class PixelDeviation(AnomalyMethod):
-    requires_training: ClassVar[bool] = False
+    requires_training = False  # a class attribute may stand in for the property
 
     def __init__(self, reference: float = 0.5) -> None:
         super().__init__()
         self.reference = reference
 
-    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
+    def predict_batch(self, images: torch.Tensor, categories: list[str], paths=None, views=None) -> MethodOutput:
         maps = (images - self.reference).abs().mean(dim=1)
         return {"anomaly_maps": maps, "pred_scores": maps.flatten(1).amax(dim=1)}

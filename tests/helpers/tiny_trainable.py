@@ -20,7 +20,10 @@ class TinyAutoencoder(AnomalyMethod):
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Conv2d(3, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 3, 1))
-        self.trainer_arguments = {"max_epochs": max_epochs, "num_sanity_val_steps": 0}
+
+    @property
+    def trainer_arguments(self) -> dict:
+        return {"max_epochs": self.hparams.max_epochs, "num_sanity_val_steps": 0}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         time.sleep(self.hparams.step_seconds)
@@ -30,6 +33,6 @@ class TinyAutoencoder(AnomalyMethod):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
 
-    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
+    def predict_batch(self, images: torch.Tensor, categories: list[str], paths=None, views=None) -> MethodOutput:
         maps = (self.net(images) - images).pow(2).mean(dim=1)
         return {"anomaly_maps": maps, "pred_scores": maps.flatten(1).amax(dim=1)}

@@ -21,6 +21,7 @@ from anomalib.models.components import MemoryBankMixin
 from torch import nn
 
 from anomaly_zoo.backbones import FeatureExtractor
+from anomaly_zoo.data.context import TrainingData
 from anomaly_zoo.methods.anomalib_models.backbone_bridge import (
     BACKBONE_SOURCES,
     AnomalibModelError,
@@ -31,8 +32,8 @@ from anomaly_zoo.methods.anomalib_models.backbone_bridge import (
     pretrained_requests,
 )
 from anomaly_zoo.methods.anomalib_models.registry import _snake, model_class
-from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput, upsample_maps
-from anomaly_zoo.methods.patch_knn.torch_model import greedy_coreset
+from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
+from anomaly_zoo.methods.components import greedy_coreset, upsample_maps
 
 ALL = "_all_"  # the key of the single model when one model serves every category
 CORESETS = ("anomalib", "fast")
@@ -87,7 +88,7 @@ class AnomalibMethod(AnomalyMethod):
         mean, std = (backbone.mean, backbone.std) if self._framework_backbone else own_normalization
         self.register_buffer("mean", mean.reshape(1, 3, 1, 1).clone(), persistent=False)
         self.register_buffer("std", std.reshape(1, 3, 1, 1).clone(), persistent=False)
-        self.requires_training = first.learning_type != LearningType.ZERO_SHOT
+        self._requires_training = first.learning_type != LearningType.ZERO_SHOT
         self.has_optimizer = _has_optimizer(first)
         if per_category and self.has_optimizer:
             raise ValueError(
@@ -101,7 +102,15 @@ class AnomalibMethod(AnomalyMethod):
         self.automatic_optimization = first.automatic_optimization
         self._epoch_end_seconds = 0.0
         # anomalib's validation feeds its evaluator and score normalisation, both replaced by the framework.
-        self.trainer_arguments = {**first.trainer_arguments, "limit_val_batches": 0, "num_sanity_val_steps": 0}
+        self._trainer_arguments = {**first.trainer_arguments, "limit_val_batches": 0, "num_sanity_val_steps": 0}
+
+    @property
+    def requires_training(self) -> bool:
+        return self._requires_training
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        return self._trainer_arguments
 
     # ------------------------------------------------------------------ building
     def _build(self) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
@@ -161,10 +170,11 @@ class AnomalibMethod(AnomalyMethod):
             if category not in self.models:
                 self.models[category] = self._build()[0].to(self.device)
 
+    def setup_fit(self, data: TrainingData) -> None:
+        super().setup_fit(data)
+        self._ensure_models(list(data.categories))
+
     def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if stage == "fit":
-            self._ensure_models(list(self.trainer.datamodule.categories))
         for model in self.models.values():  # Lightning attaches only direct LightningModule children
             model.trainer = self.trainer
 
@@ -250,7 +260,13 @@ class AnomalibMethod(AnomalyMethod):
         maps = out.anomaly_map.float().reshape(n, *out.anomaly_map.shape[-2:])
         return upsample_maps(maps, tuple(images.shape[-2:])), scores
 
-    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
+    def predict_batch(
+        self,
+        images: torch.Tensor,
+        categories: list[str],
+        paths: list[str] | None = None,
+        views: dict[str, torch.Tensor] | None = None,
+    ) -> MethodOutput:
         if not self.hparams.per_category:
             maps, scores = self._infer(self.models[ALL], images)
             return {"anomaly_maps": maps, "pred_scores": scores}
@@ -267,8 +283,7 @@ class AnomalibMethod(AnomalyMethod):
         return {"anomaly_maps": maps, "pred_scores": scores}
 
     def result_metadata(self) -> dict[str, Any]:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        protocol = getattr(datamodule, "protocol", "unified")
+        protocol = self.test_context.protocol if self.test_context is not None else "unified"
         if self.hparams.per_category or protocol == "per_category":
             fitted = "one model per category"
         else:

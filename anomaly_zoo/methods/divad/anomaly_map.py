@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anomaly_zoo.data.views import ImageView, render_view
-from anomaly_zoo.methods.base import gaussian_blur
+from anomaly_zoo.methods.components import gaussian_blur
 
 #: How DIVAD reads an image for its feature extractor: PIL bilinear (antialiased) to the map size, as the official
 #: test.py's torchvision Resize on PIL images; for the input image this is the dataset's `dino` input view.

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from anomaly_zoo.data.views import ImageView
-from anomaly_zoo.methods.base import BLUR_BORDERS, AnomalyMethod, MethodOutput
+from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
+from anomaly_zoo.methods.components import BLUR_BORDERS
 from anomaly_zoo.methods.divad.anomaly_map import (
     FEATURE_INPUT,
     feature_dissimilarity,
@@ -30,8 +31,6 @@ def humanize(category: str) -> str:
 
 
 class DIVAD(AnomalyMethod):
-    requires_training: ClassVar[bool] = False
-
     def __init__(
         self,
         diffusion: StableDiffusionParts,
@@ -92,6 +91,10 @@ class DIVAD(AnomalyMethod):
         self.reconstructor = DiffusionReconstructor(diffusion, plan, guidance_scale, resolution, sample_latent, seed)
         self.extractor = feature_extractor
 
+    @property
+    def requires_training(self) -> bool:
+        return False
+
     def _object_masks(self, features: torch.Tensor, paths: list[str] | None) -> torch.Tensor:
         hp = self.hparams
         if hp.mask == "dino_foreground":
@@ -101,8 +104,7 @@ class DIVAD(AnomalyMethod):
                 "method.mask=cutler looks up each image's CutLER mask by its file: predict_batch needs `paths` "
                 "(anomaly_zoo.test and anomaly_zoo.predict pass them)"
             )
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        root = getattr(datamodule, "root", None)
+        root = self.test_context.root if self.test_context is not None else None  # None: predict's absolute paths
         return cutler_masks(paths, root, hp.cutler_mask_dir, hp.map_size).to(features.device)
 
     def prompt(self, category: str) -> str:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from anomaly_zoo.backbones.diffusion import StableDiffusionParts
+
 log = logging.getLogger(__name__)
 
 #: `DDIMStep.src`/`dst` value for the clean end of the chain: diffusers' initial/final_alpha_cumprod
@@ -127,18 +129,6 @@ def ddim_update(
     else:
         raise ValueError(f"scheduler prediction_type={prediction!r} is not epsilon, v_prediction or sample")
     return alpha_dst.sqrt() * x0 + (1 - alpha_dst).sqrt() * eps
-
-
-class StableDiffusionParts(nn.Module):
-    """The four pieces DIVAD needs, however they were built (hub, local folder, or a test config)."""
-
-    def __init__(self, vae: nn.Module, unet: nn.Module, text_encoder: nn.Module, tokenize: Callable, scheduler_config):
-        super().__init__()
-        self.vae, self.unet, self.text_encoder = vae, unet, text_encoder
-        self.tokenize = tokenize  # list[str] -> LongTensor (N, L)
-        self.scheduler_config = dict(scheduler_config)
-        for module in (vae, unet, text_encoder):
-            module.eval().requires_grad_(False)
 
 
 class DiffusionReconstructor(nn.Module):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from anomaly_zoo.backbones import FeatureExtractor
+from anomaly_zoo.data.context import Batch, TrainingData
 from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
 from anomaly_zoo.methods.onenip.official_checkpoint import convert_official_state, official_kind
 from anomaly_zoo.methods.onenip.synthesis import PseudoAnomalyGenerator
@@ -115,7 +116,6 @@ class OneNIP(AnomalyMethod):
         self.neck.to(memory_format=self._memory_format)
         if self.refiner is not None:
             self.refiner.to(memory_format=self._memory_format)
-        self.trainer_arguments = {"max_epochs": max_epochs, "gradient_clip_val": grad_clip}
         # Fitted state, saved in checkpoints: the prompt pool and the reconstruction-error scale.
         self.register_buffer("pool_features", torch.empty(0, self.neck.channels, *grid))
         self.register_buffer("pool_category", torch.empty(0, dtype=torch.long))
@@ -129,6 +129,10 @@ class OneNIP(AnomalyMethod):
         self._test_rng = torch.Generator().manual_seed(seed)  # prompt_selection=random
         #: set when the weights came from an official checkpoint: {"kind", "unused_keys", "built_from_training_images"}
         self.official_import: dict[str, Any] | None = None
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        return {"max_epochs": self.hparams.max_epochs, "gradient_clip_val": self.hparams.grad_clip}
 
     # ------------------------------------------------------------------ features and forward
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -201,12 +205,12 @@ class OneNIP(AnomalyMethod):
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
-        dataset = self.trainer.datamodule.train_dataset
-        self._train_prompts = _deduplicated_by_category(dataset.samples)
+        data = self.require_training_data()
+        self._train_prompts = data.distinct
         # The pool only needs the frozen backbone: build it now so every checkpoint carries it.
-        self._build_prompt_pool(dataset)
+        self._build_prompt_pool(data)
         if self.hparams.standardize_features and not bool(self.feature_statistics_fitted):
-            self._fit_feature_statistics(dataset)  # once: a resumed run keeps its checkpoint's statistics
+            self._fit_feature_statistics(data.dataset)  # once: a resumed run keeps its checkpoint's statistics
 
     @torch.no_grad()
     def _fit_feature_statistics(self, dataset, max_images: int = 256) -> None:
@@ -260,11 +264,11 @@ class OneNIP(AnomalyMethod):
         for category in categories:
             pool = self._train_prompts[category]
             picks.append(pool[int(torch.randint(len(pool), (1,), generator=self._rng))])
-        return self._dataset_features(self.trainer.datamodule.train_dataset, picks)
+        return self._dataset_features(self.require_training_data().dataset, picks)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if self.hparams.cache_features:
-            feats = self._dataset_features(self.trainer.datamodule.train_dataset, batch["index"].tolist())
+            feats = self._dataset_features(self.require_training_data().dataset, batch["index"].tolist())
         else:
             feats = self.features(batch["image"])
         prompts = self._training_prompts(batch["category"])
@@ -274,14 +278,14 @@ class OneNIP(AnomalyMethod):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         # Held-out normal images with pseudo-anomalies from a fixed generator: comparable across epochs.
         rng = torch.Generator().manual_seed(self.hparams.seed * 100_003 + batch_idx)
         prompts = None
         if self.transformer.uses_prompt:
             pools = [self._train_prompts[c] for c in batch["category"]]
             picks = [pool[_stable_hash(p) % len(pool)] for pool, p in zip(pools, batch["path"], strict=True)]
-            prompts = self._dataset_features(self.trainer.datamodule.train_dataset, picks)
+            prompts = self._dataset_features(self.require_training_data().dataset, picks)
         losses = self._losses(batch["image"], self.features(batch["image"]), prompts, rng, jitter=False)
         self.log("val/loss", self.total_loss(losses), prog_bar=True, sync_dist=True, batch_size=len(batch["path"]))
 
@@ -294,16 +298,16 @@ class OneNIP(AnomalyMethod):
 
     def on_train_epoch_end(self) -> None:
         # Before ModelCheckpoint saves (it runs after the module's hook): every checkpoint has a current scale.
-        self._calibrate_scale(self.trainer.datamodule.train_dataset)
+        self._calibrate_scale(self.require_training_data().dataset)
 
     def on_train_end(self) -> None:
         self._feature_cache.clear()
 
     @torch.no_grad()
-    def _build_prompt_pool(self, dataset) -> None:
-        """`prompt_pool_size` random normal training images per class (the paper: one), seeded."""
+    def _build_prompt_pool(self, data: TrainingData) -> None:
+        """`prompt_pool_size` random distinct normal training images per class (the paper: one), seeded."""
         rng = random.Random(self.hparams.seed)
-        by_category = _deduplicated_by_category(dataset.samples)
+        dataset, by_category = data.dataset, data.distinct
         picks, owners = [], []
         for k, category in enumerate(by_category):
             candidates = by_category[category]
@@ -378,26 +382,26 @@ class OneNIP(AnomalyMethod):
         return self.pool_categories.index(category)
 
     @torch.no_grad()
-    def complete_from_training_data(self, dataset) -> None:
+    def complete_from_training_data(self, data: TrainingData) -> None:
         """What an official checkpoint lacks, built from the training images as training would have: the prompt
         pool, and the score scale (score_scaling=calibrated). Recorded in result_metadata."""
-        self._train_prompts = _deduplicated_by_category(dataset.samples)
-        self._build_prompt_pool(dataset)
+        self._train_prompts = data.distinct
+        self._build_prompt_pool(data)
         built = ["prompt_pool"]
         if self.refiner is not None and self.hparams.score_scaling == "calibrated":
-            self._calibrate_scale(dataset)
+            self._calibrate_scale(data.dataset)
             built.append("rec_scale")
         self.official_import = {**(self.official_import or {}), "built_from_training_images": built}
 
     def on_test_start(self) -> None:
         if self.transformer.uses_prompt and self.pool_features.numel() == 0:  # e.g. an official checkpoint
-            self.complete_from_training_data(self.trainer.datamodule.train_dataset)
+            self.complete_from_training_data(self.require_training_data())
         elif self.transformer.uses_prompt and len(self.pool_features) < self.hparams.prompt_pool_size * len(
             self.pool_categories
         ):  # a larger pool asked for at test time (e.g. experiment=onenip_official_eval): same seed, more images
-            dataset = self.trainer.datamodule.train_dataset
-            if len(self.pool_features) < sum(map(len, _deduplicated_by_category(dataset.samples).values())):
-                self._build_prompt_pool(dataset)
+            data = self.require_training_data()
+            if len(self.pool_features) < sum(map(len, data.distinct.values())):
+                self._build_prompt_pool(data)
         self._test_scale = None
         self._test_rng.manual_seed(self.hparams.seed)  # the same random prompts on every test run
         if self.refiner is not None and self.hparams.score_scaling == "transductive":
@@ -408,8 +412,13 @@ class OneNIP(AnomalyMethod):
     @torch.no_grad()
     def _transductive_scale(self) -> float:
         """The official code's constant: mid-range of S_rec over the WHOLE TEST SET (reads test data)."""
+        if self.test_context is None:
+            raise RuntimeError(
+                "method.score_scaling=transductive reads the whole test split: call method.setup_test("
+                "datamodule.test_context()) before trainer.test (anomaly_zoo's runner does)"
+            )
         lo, hi = float("inf"), float("-inf")
-        for batch in self.trainer.datamodule.test_dataloader():
+        for batch in self.test_context.test_batches():
             images = batch["image"].to(self.device)
             feats = self.features(images)
             rec = self.reconstruct(feats, self._prompts_for_test(feats, batch["category"]), jitter=False)
@@ -423,7 +432,13 @@ class OneNIP(AnomalyMethod):
         return self._pool_prompts(feats, categories, self.hparams.prompt_selection)
 
     @torch.no_grad()
-    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
+    def predict_batch(
+        self,
+        images: torch.Tensor,
+        categories: list[str],
+        paths: list[str] | None = None,
+        views: dict[str, torch.Tensor] | None = None,
+    ) -> MethodOutput:
         feats = self.features(images)
         chosen = None
         if self.transformer.uses_prompt:
@@ -506,20 +521,6 @@ class OneNIP(AnomalyMethod):
             kind, keys, *rest = rng["numpy"]
             np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
             random.setstate(_python_state_from_lists(rng["python"]))
-
-
-def _deduplicated_by_category(samples) -> dict[str, list[int]]:
-    """Indices of training images per category, one per distinct file content (VisA's list repeats images)."""
-    seen: set[tuple[str, str]] = set()
-    out: dict[str, list[int]] = {}
-    for i, sample in enumerate(samples):
-        with open(sample.image_path, "rb") as f:
-            digest = hashlib.blake2b(f.read(), digest_size=16).hexdigest()
-        if (sample.category, digest) in seen:
-            continue
-        seen.add((sample.category, digest))
-        out.setdefault(sample.category, []).append(i)
-    return out
 
 
 def _python_state_to_lists(state: tuple) -> list:

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from anomaly_zoo.backbones import FeatureExtractor
-from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput, gaussian_blur, upsample_maps
-from anomaly_zoo.methods.patch_knn.torch_model import PatchKNNModel, greedy_coreset
+from anomaly_zoo.data.context import Batch
+from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
+from anomaly_zoo.methods.components import gaussian_blur, greedy_coreset, upsample_maps
+from anomaly_zoo.methods.patch_knn.torch_model import PatchKNNModel
 
 SAMPLINGS = ("coreset", "random")
 
 
 class PatchKNN(AnomalyMethod):
     """`method=patch_knn`: the framework's simple, real baseline (one pass over normal images, no gradients)."""
-
-    trainer_arguments: ClassVar[dict[str, Any]] = {
-        "max_epochs": 1,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "gradient_clip_val": None,
-    }
 
     def __init__(
         self,
@@ -43,10 +38,14 @@ class PatchKNN(AnomalyMethod):
         self.automatic_optimization = False
         self._embeddings: list[torch.Tensor] = []
 
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        return {"max_epochs": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0, "gradient_clip_val": None}
+
     def configure_optimizers(self) -> None:
         return None
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
         emb = self.model.embed(batch["image"])
         self._embeddings.append(emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]).cpu())
 
@@ -64,7 +63,13 @@ class PatchKNN(AnomalyMethod):
             idx = torch.randperm(pool.shape[0], generator=gen)[: hp.bank_size]
         self.model.set_memory_bank(pool[idx.to(pool.device)])
 
-    def predict_batch(self, images: torch.Tensor, categories: list[str]) -> MethodOutput:
+    def predict_batch(
+        self,
+        images: torch.Tensor,
+        categories: list[str],
+        paths: list[str] | None = None,
+        views: dict[str, torch.Tensor] | None = None,
+    ) -> MethodOutput:
         dist = self.model.nearest_distance(self.model.embed(images))
         maps = gaussian_blur(upsample_maps(dist, tuple(images.shape[-2:])), self.hparams.blur_sigma)
         return {"anomaly_maps": maps, "pred_scores": maps.flatten(1).amax(dim=1)}

@@ -8,36 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from anomaly_zoo.backbones import FeatureExtractor
-
-
-def greedy_coreset(features: torch.Tensor, size: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
-    """Indices of a k-center greedy coreset (PatchCore), selected on a random projection.
-
-    The projection (as in the PatchCore paper) cuts the cost of each distance update by
-    dim/projection_dim; distances to the selected set are updated incrementally, one matrix-vector
-    product per selected point. Deterministic for a given seed.
-    """
-    n = features.shape[0]
-    if size >= n:
-        return torch.arange(n)
-    gen = torch.Generator().manual_seed(seed)
-    x = features.float()
-    if projection_dim and x.shape[1] > projection_dim:
-        proj = torch.randn(x.shape[1], projection_dim, generator=gen) / projection_dim**0.5
-        x = x @ proj.to(x.device)
-    sq = (x * x).sum(1)
-    selected = torch.empty(size, dtype=torch.long)
-    current = int(torch.randint(n, (1,), generator=gen))
-    min_dist = torch.full((n,), float("inf"), device=x.device)
-    for i in tqdm(range(size), desc="coreset selection", leave=False, mininterval=2.0):
-        selected[i] = current
-        dist = sq - 2 * (x @ x[current]) + sq[current]
-        torch.minimum(min_dist, dist, out=min_dist)
-        current = int(torch.argmax(min_dist))
-    return selected
 
 
 class PatchKNNModel(nn.Module):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from anomaly_zoo.backbones.diffusion import DiffusionWeightsError, load_stable_diffusion, tiny_random_stable_diffusion
 from anomaly_zoo.methods.divad.lightning_model import humanize
 from anomaly_zoo.methods.divad.masks import foreground_from_features
-from anomaly_zoo.methods.divad.models import DiffusionWeightsError, load_stable_diffusion, tiny_random_stable_diffusion
 from anomaly_zoo.methods.divad.pipeline import CLEAN, DiffusionReconstructor, InversionSchedule, ddim_update
 from tests.helpers.cli import run_module
 

@@ -197,6 +197,7 @@ def _compare(official_dir: Path, dino_dir: Path, work: Path, mp: pytest.MonkeyPa
     from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
     from PIL import Image
 
+    from anomaly_zoo.backbones.diffusion import _hf_tokenizer, tiny_random_stable_diffusion
     from anomaly_zoo.backbones.dino_vit import DinoViT
     from anomaly_zoo.data import AnomalyDataModule
     from anomaly_zoo.data.image_dataset import AnomalyImageDataset
@@ -209,7 +210,6 @@ def _compare(official_dir: Path, dino_dir: Path, work: Path, mp: pytest.MonkeyPa
         repeated_average_max,
     )
     from anomaly_zoo.methods.divad.masks import cutler_masks
-    from anomaly_zoo.methods.divad.models import _hf_tokenizer, tiny_random_stable_diffusion
 
     out: dict = {}
     root, mask_dir = work / "data", work / "cutler"

@@ -10,7 +10,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from anomaly_zoo.methods.onenip.lightning_model import _deduplicated_by_category
+from anomaly_zoo.data.context import distinct_by_category
+from anomaly_zoo.evaluation.threshold import recorded_threshold
 from anomaly_zoo.runner import CheckpointError, instantiate_method, read_checkpoint, run
 from tests.helpers.cli import run_module
 
@@ -59,7 +60,7 @@ def test_feature_statistics_match_the_training_features_and_survive_resume(compo
     datamodule = instantiate(cfg.dataset)
     datamodule.setup("fit")
     dataset = datamodule.train_dataset
-    indices = [i for pool in _deduplicated_by_category(dataset.samples).values() for i in pool]
+    indices = [i for pool in distinct_by_category(dataset.samples).values() for i in pool]
     method = instantiate_method(cfg).eval()
     with torch.no_grad():
         feats = method.features(torch.stack([dataset[i]["image"] for i in indices])).numpy()
@@ -140,7 +141,8 @@ def test_unknown_class_images_get_a_prompt_by_similarity(compose_cfg, tmp_path):
 def test_validation_split_gives_best_checkpoint_threshold_and_transductive_option(compose_cfg, tmp_path):
     _run(compose_cfg, ["dataset.val_ratio=0.2", "trainer.limit_train_batches=2", "method.max_epochs=2"], tmp_path / "f")
     best = read_checkpoint(tmp_path / "f" / "checkpoints" / "best.ckpt")
-    assert best["threshold"]["rule"] == "false_alarm_rate" and best["threshold"]["validation_images"] == 12
+    threshold = recorded_threshold(best)
+    assert threshold["rule"] == "false_alarm_rate" and threshold["validation_images"] == 12
     ckpt = f"ckpt_path={tmp_path / 'f' / 'checkpoints' / 'last.ckpt'}"
     _, calibrated = _run(compose_cfg, [ckpt], tmp_path / "c", False, "test")
     _, transductive = _run(compose_cfg, [ckpt, "method.score_scaling=transductive"], tmp_path / "t", False, "test")

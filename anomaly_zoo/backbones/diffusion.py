@@ -1,4 +1,5 @@
-"""Building Stable Diffusion for DIVAD: from the hub or a local folder, or a tiny random stack for tests."""
+"""Stable Diffusion as a backbone (DIVAD's `backbone=sd15|sd21_base|sd_tiny_random`): from the hub or a local
+folder, or a tiny random stack for tests."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-
-from anomaly_zoo.methods.divad.pipeline import StableDiffusionParts
+from torch import nn
 
 log = logging.getLogger(__name__)
+
+
+class StableDiffusionParts(nn.Module):
+    """The four pieces DIVAD needs, however they were built (hub, local folder, or a test config)."""
+
+    def __init__(self, vae: nn.Module, unet: nn.Module, text_encoder: nn.Module, tokenize: Callable, scheduler_config):
+        super().__init__()
+        self.vae, self.unet, self.text_encoder = vae, unet, text_encoder
+        self.tokenize = tokenize  # list[str] -> LongTensor (N, L)
+        self.scheduler_config = dict(scheduler_config)
+        for module in (vae, unet, text_encoder):
+            module.eval().requires_grad_(False)
 
 
 class DiffusionWeightsError(RuntimeError):
