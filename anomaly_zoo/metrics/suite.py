@@ -1,4 +1,4 @@
-"""The one metric suite every method is scored with (spec: shared/spec/metrics.md)."""
+"""The one metric suite every method is scored with: the seven metrics the OneNIP and DIVAD papers report."""
 
 from __future__ import annotations
 

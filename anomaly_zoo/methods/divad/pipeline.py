@@ -1,6 +1,7 @@
 """DIVAD's reconstruction: VAE encode → DDIM inversion → guided DDIM denoising → VAE decode.
 
-Spec: shared/papers/divad.txt and shared/spec/reference_implementations.md §1. No Lightning here.
+Follows the DIVAD paper (Hicsonmez et al., "Training Free Zero-Shot Visual Anomaly Localization via Diffusion
+Inversion") and its official code, github.com/giddyyupp/DIVAD @ 9acef11. No Lightning here.
 
 Timestep bookkeeping is explicit: a schedule is two lists of `DDIMStep`s (UNet timestep, noise level from, noise
 level to), built from diffusers' DDIM grid of the model's scheduler config ("leading" spacing, `steps_offset`).

@@ -1,10 +1,10 @@
 """Pseudo-anomalies for OneNIP's restoration stream, batched on the images' device (GPU when training on one).
 
-Follows the official code's `hybrid` style (shared/spec/reference_implementations.md §2.5): per image a fair coin
-picks CutPaste (`binary`: a colour-jittered patch of 2-15 % area, or a thin rotated "scar" 2-16 px wide and 10-25 px
-long, cut from the same image) or a DRAEM-style Perlin blend of a texture. Always applied. The official code runs
-DRAEM's numpy / imgaug code per image in its data loader (its bottleneck); here every step is tensor code on the
-batch's device. Written here rather than taken from anomalib (measured in `experiments/bench_synthesis.py`):
+Follows the official code's `hybrid` style (`datasets/cutpaste.py` of github.com/gaobb/OneNIP @ e93dec5): per image
+a fair coin picks CutPaste (`binary`: a colour-jittered patch of 2-15 % area, or a thin rotated "scar" 2-16 px wide
+and 10-25 px long, cut from the same image) or a DRAEM-style Perlin blend of a texture. Always applied. The official
+code runs DRAEM's numpy / imgaug code per image in its data loader (its bottleneck); here every step is tensor code
+on the batch's device. Written here rather than taken from anomalib (measured in `experiments/bench_synthesis.py`):
 anomalib 2.x's `PerlinAnomalyGenerator` is torch code too and about as fast on the CPU, but it draws from the
 global RNG (a resumed run could not continue the same sequence) and its only CutPaste (FoundAD's) returns no mask,
 which the refiner's Dice loss needs.
