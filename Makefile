@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test lint bench bench-gpu clean-data
+.PHONY: install demo test test-full test-slow lint bench bench-gpu clean-data
 
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -11,11 +11,20 @@ install:
 	$(PIP) install -c constraints.txt -e ".[dev]"
 	$(PIP) check
 
+# A small sweep (PatchKNN, PaDiM, a short OneNIP schedule) on the embedded synthetic set, then its leaderboard.
 demo:
-	$(PY) -m anomaly_zoo.train
+	$(PY) -m anomaly_zoo.train sweep=demo
+	$(PY) -m anomaly_zoo.leaderboard outputs/demo
 
+# Two tiers: `make test` (fast, every push) leaves out the tests marked `slow`; `make test-full` runs everything.
 test:
+	$(PY) -m pytest -q -m "not slow"
+
+test-full:
 	$(PY) -m pytest -q
+
+test-slow:
+	$(PY) -m pytest -q -m slow
 
 lint:
 	$(PY) -m ruff check .

@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     out = options.get("out", folders[0])
     for path in write_leaderboards(runs, out):
         print(path)
+        if path.suffix == ".md":  # the mean table on the terminal; per-category tables stay in the file
+            text = path.read_text()
+            cut = text.find("\n### ", text.find("### ") + 1)
+            print("\n" + (text if cut < 0 else text[:cut]).strip() + "\n")
     if options.get("logger") == "wandb":
         print("wandb:", log_to_wandb(runs, options.get("project", "anomaly_zoo"), options.get("entity"), out))
 

@@ -61,6 +61,7 @@ def test_bad_config_value_is_named(compose_cfg):
         run(compose_cfg("train", [*FAST, "dataset.protocol=both"]), fit=True)
 
 
+@pytest.mark.slow
 def test_cli_multirun_writes_one_results_file_per_run(synthetic_root, tmp_path):
     args = [
         "-m",

@@ -272,6 +272,7 @@ def test_a_checkpoint_records_its_model_and_test_takes_it_from_there(compose_cfg
     assert res["categories"] == trained["categories"]  # the same model on the same images as at training time
 
 
+@pytest.mark.slow
 def test_contradicting_a_checkpoint_or_loading_another_methods_is_one_clear_error(
     synthetic_root, small_checkpoint, tmp_path
 ):
@@ -374,6 +375,7 @@ def _assert_same_run(reference: Path, resumed_dir: Path) -> None:
 
 
 # SIGKILL: the submitit test below kills its run that way
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM], ids=["SIGTERM"])
 def test_a_killed_run_resumes_to_the_same_weights_and_metrics(synthetic_root, uninterrupted, tmp_path, sig):
     out = tmp_path / "killed"
@@ -390,6 +392,7 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(synthetic_root, un
     _assert_same_run(uninterrupted, out)
 
 
+@pytest.mark.slow
 def test_a_submitit_sweep_with_a_killed_run_resumes_it_when_rerun(synthetic_root, uninterrupted, tmp_path):
     """hydra-submitit-launcher's local executor: the launcher code `hydra/launcher=slurm` uses, minus the scheduler.
 

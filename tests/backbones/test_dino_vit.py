@@ -23,6 +23,7 @@ def random_state() -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 def test_timm_and_dino_checkpoint_formats_give_identical_features(random_state, tmp_path):
     from safetensors.torch import save_file
 

@@ -96,6 +96,7 @@ def test_refuses_to_write_into_a_foreign_folder(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_trivial_detectors_do_not_solve_it(synthetic_root):
     """A fair benchmark: image-mean and pixel-difference-to-mean-image detectors stay below I-AUROC 0.95."""
     dm = AnomalyDataModule("synthetic", str(synthetic_root), image_size=128, num_workers=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from anomaly_zoo.evaluation import collector
 from anomaly_zoo.evaluation.collector import PredictionBuffer
@@ -24,6 +25,7 @@ def test_buffer_spills_to_a_memory_map_above_the_threshold(monkeypatch):
     assert not isinstance(PredictionBuffer(6, (16, 16)).maps, np.memmap)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_evaluation_equals_single_process(synthetic_root, tmp_path):
     common = [
         f"dataset.root={synthetic_root}",

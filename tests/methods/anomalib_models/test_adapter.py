@@ -57,6 +57,7 @@ def _anomalib_padim_auroc(root: Path, category: str, tmp_path: Path) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+@pytest.mark.slow
 def test_padim_through_the_adapter_equals_anomalibs_engine(compose_cfg, synthetic_root, tmp_path):
     ours = _run(
         compose_cfg,
@@ -75,6 +76,7 @@ def test_padim_through_the_adapter_equals_anomalibs_engine(compose_cfg, syntheti
     assert ours["categories"]["brick"]["I-AUROC"] == pytest.approx(reference, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_patchcore_per_category_switch_end_to_end_and_reload(compose_cfg, tmp_path):
     fast = ["method=patchcore", "dataset.categories=[logo,brick]", "dataset.image_size=96",
             "method.model.coreset_sampling_ratio=0.05", "+method.model.precision=float32"]  # fmt: skip

@@ -162,6 +162,7 @@ DIVAD_TINY = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_whole_divad_run_writes_complete_results(compose_cfg, tmp_path):
     from anomaly_zoo.runner import run
 
@@ -178,6 +179,7 @@ def test_whole_divad_run_writes_complete_results(compose_cfg, tmp_path):
     assert len(list((tmp_path / "heatmaps").glob("*.png"))) == 2
 
 
+@pytest.mark.slow
 def test_two_process_ddp_evaluation_equals_single_process(synthetic_root, tmp_path):
     args = [
         *(a for a in DIVAD_TINY if not a.startswith(("dataset.categories", "method.start_steps", "eval."))),
@@ -249,6 +251,7 @@ def test_precomputed_cutler_masks_union_empty_png_and_errors(tmp_path):
         cutler_masks([str(images[0])], root, masks, 16)
 
 
+@pytest.mark.slow
 def test_divad_run_with_precomputed_cutler_masks(compose_cfg, synthetic_root, tmp_path):
     from anomaly_zoo.runner import run
 

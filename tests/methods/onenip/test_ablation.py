@@ -1,6 +1,6 @@
 """OneNIP's components on the synthetic set (Table 4a's chain on the CPU demo schedule).
 
-Trains four demo models once per module (24 min on 2 CPU cores), so it runs only with ANOMALY_ZOO_SLOW=1.
+Trains four demo models once per module (24 min on 2 CPU cores): marked `slow` and `ablation` (make test-full).
 Measured (2026-11-25, see the README): the refiner raises pixel AP by far; the prompt and the restoration stream
 move it by less than one point at this schedule, so the full chain is a strict xfail until they do.
 """
@@ -8,7 +8,6 @@ move it by less than one point at this schedule, so the full chain is a strict x
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,7 @@ from anomaly_zoo.runner import run
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 ROWS = ("no_prompt", "dynamic", "dynamic_restoration", "full")  # each adds one component to the previous
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("ANOMALY_ZOO_SLOW"), reason="trains four OneNIP demo models; ANOMALY_ZOO_SLOW=1"
-)
+pytestmark = [pytest.mark.slow, pytest.mark.ablation]
 
 
 @pytest.fixture(scope="module")

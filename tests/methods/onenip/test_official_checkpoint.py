@@ -7,7 +7,6 @@ The layouts are the official models' state_dict keys/shapes as tools/train_val.p
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import pytest
@@ -140,11 +139,8 @@ def test_official_checkpoint_is_completed_at_test_time_and_by_convert(compose_cf
     datamodule.setup("fit")
     tested = instantiate_method(cfg)
     load_checkpoint_weights(tested, official)
-    tested._trainer = types.SimpleNamespace(datamodule=datamodule)  # what trainer.test gives on_test_start
-    try:
-        tested.on_test_start()
-    finally:
-        tested._trainer = None
+    tested.setup_test(datamodule.test_context())  # what the runner does before trainer.test
+    tested.on_test_start()
     meta = tested.result_metadata()["official_checkpoint"]  # what results.json records
     assert meta["kind"] == "onenip" and meta["built_from_training_images"] == ["prompt_pool", "rec_scale"]
     assert tested.pool_categories == ["logo"] and float(tested.rec_scale) != 1.0

@@ -115,6 +115,7 @@ def test_corrupt_or_truncated_checkpoint_is_named(compose_cfg, tmp_path):
         read_checkpoint(tmp_path / "missing.ckpt")
 
 
+@pytest.mark.slow
 def test_two_process_ddp_ranks_end_with_identical_weights(synthetic_root, tmp_path):
     run_module("tests.helpers.ddp_train", str(synthetic_root), str(tmp_path))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
