@@ -15,11 +15,18 @@ RESULT_NEUTRAL_PREFIXES = (
     "eval.",
     "checkpoint.",
     "force",
-    "debug",
+    "full_traceback",
+    "debug",  # the former name of full_traceback, in older records
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
 )
+#: Callbacks (`callbacks.<name>._target_`, conf/callbacks/) that only watch a run: progress, summaries, logged
+#: learning rates. Others (early stopping, weight averaging, ...) can change results and count.
+MONITORING_CALLBACKS = frozenset(
+    {"LearningRateMonitor", "TQDMProgressBar", "RichProgressBar", "ModelSummary", "RichModelSummary",
+     "DeviceStatsMonitor"}
+)  # fmt: skip
 #: In a training run `ckpt_path` is a resume point: resuming reproduces the uninterrupted run (tests check it), so
 #: the resumed run is the same run. In `test`/`predict` it is the model being evaluated and does change results.
 _RESUME_KEYS = ("ckpt_path",)
@@ -42,10 +49,22 @@ def is_result_neutral(key: str, task_name: str | None = None) -> bool:
     return any(key == p.rstrip(".") or key.startswith(p.rstrip(".") + ".") for p in RESULT_NEUTRAL_PREFIXES)
 
 
+def _without_monitoring_callbacks(config: dict[str, Any]) -> dict[str, Any]:
+    callbacks = config.get("callbacks")
+    if not isinstance(callbacks, dict):
+        return config
+
+    def monitoring(entry: Any) -> bool:
+        return isinstance(entry, dict) and str(entry.get("_target_", "")).rsplit(".", 1)[-1] in MONITORING_CALLBACKS
+
+    kept = {name: entry for name, entry in callbacks.items() if entry is not None and not monitoring(entry)}
+    return {**config, "callbacks": kept}
+
+
 def result_relevant(config: dict[str, Any]) -> dict[str, Any]:
-    """The flattened keys of a resolved config that can change its results."""
+    """The flattened keys of a resolved config that can change its results (monitoring callbacks never do)."""
     task = config.get("task_name")
-    return {k: v for k, v in flatten(config).items() if not is_result_neutral(k, task)}
+    return {k: v for k, v in flatten(_without_monitoring_callbacks(config)).items() if not is_result_neutral(k, task)}
 
 
 def config_key(config: dict[str, Any]) -> str:

@@ -42,7 +42,8 @@ def one_line(err: BaseException) -> str:
 
 
 def traceback_requested(cfg: DictConfig | None = None) -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR") == "1" or bool(cfg is not None and cfg.get("debug", False))
+    """HYDRA_FULL_ERROR=1, or `full_traceback: true` in the config (debug=traceback and debug=fast set it)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or bool(cfg is not None and cfg.get("full_traceback", False))
 
 
 def _job_info() -> tuple[bool, Path | None, str]:
@@ -71,7 +72,7 @@ def record_failure(output_dir: str, error: str) -> None:
 
 def clear_messages(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Wrap a Hydra task function: a failure prints as `error: <root cause>`, exit status 1, no traceback (unless
-    HYDRA_FULL_ERROR=1 or debug=true). In a multirun the job's failure is recorded and the sweep goes on; the
+    HYDRA_FULL_ERROR=1 or debug=traceback). In a multirun the job's failure is recorded and the sweep goes on; the
     sweep then exits non-zero after its last run (anomaly_zoo.hydra_callbacks.SweepSummary)."""
 
     @functools.wraps(task)
@@ -86,7 +87,7 @@ def clear_messages(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], 
             if multirun:
                 record_failure(out, one_line(err))
                 return None
-            print("(the full traceback: HYDRA_FULL_ERROR=1 or debug=true)", file=sys.stderr)
+            print("(the full traceback: HYDRA_FULL_ERROR=1 or debug=traceback)", file=sys.stderr)
             raise SystemExit(1) from None
 
     return wrapped

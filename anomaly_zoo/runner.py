@@ -18,7 +18,6 @@ import hydra
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -36,6 +35,7 @@ from anomaly_zoo.evaluation import EvaluationCollector, write_results
 from anomaly_zoo.evaluation.threshold import DecisionThreshold, recorded_threshold
 from anomaly_zoo.methods.base import AnomalyMethod, CheckpointFormatError
 from anomaly_zoo.reporting import metrics_table, save_overlay
+from anomaly_zoo.trainer_setup import apply_method_trainer_arguments, instantiate_callbacks, instantiate_trainer
 from anomaly_zoo.validation import check_split, validate_config
 
 log = logging.getLogger(__name__)
@@ -138,17 +138,19 @@ def silence_expected_warnings(method: AnomalyMethod) -> None:
 
 
 def build_trainer(cfg: DictConfig, method: AnomalyMethod, out: Path, callbacks: list) -> pl.Trainer:
+    """`trainer._target_` from the config, with the method's own trainer settings (they win, logged), the runner's
+    `callbacks` (they need the run's state) followed by the configured ones (`callbacks` group)."""
     silence_expected_warnings(method)
-    trainer_kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_kwargs.pop("_target_", None)
-    trainer_kwargs.update(method.trainer_arguments)  # the method's needs win (e.g. a single epoch)
+    trainer_cfg: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
+    apply_method_trainer_arguments(trainer_cfg, method.trainer_arguments, method_name(cfg))
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the resolved config, once
-        if method.requires_training:
-            callbacks = [*callbacks, LearningRateMonitor(logging_interval="epoch")]
-    plugins = [*(trainer_kwargs.pop("plugins", None) or []), AtomicCheckpointIO()]
-    return pl.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(out), plugins=plugins)
+    configured = cfg.get("callbacks")
+    configured = OmegaConf.to_container(configured, resolve=True) if configured is not None else None
+    callbacks = [*callbacks, *instantiate_callbacks(configured, logger, method.requires_training, trainer_cfg)]
+    return instantiate_trainer(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(out),
+                               plugins=[AtomicCheckpointIO()])  # fmt: skip
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
     python experiments/compare_to_paper.py PAPER_CSV LEADERBOARD_CSV [--match KEY] [--paper-row NAME]
 
-Rows are matched by the value of `KEY=<row>` in the leaderboard's run label (e.g. --match onenip_ablation), or
-one paper row (--paper-row) is compared with every run. Prints, per metric the paper reports: ours, paper, difference.
+Rows are matched by `KEY=<row>`: a config group's option chosen on the command line (e.g. --match
+method/onenip/ablation for `+method/onenip/ablation=<row>`, read from the run's `.hydra/overrides.yaml` next to its
+results.json) or a value in the leaderboard's run label (e.g. --match alpha, --match dataset.image_size); or one
+paper row (--paper-row) is compared with every run. Prints, per metric the paper reports: ours, paper, difference.
 """
 
 from __future__ import annotations
@@ -11,15 +13,37 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+from pathlib import Path
 
 
-def main() -> None:
+def run_overrides(results_path: str) -> list[str]:
+    """The Hydra overrides a run was started with (its `.hydra/overrides.yaml`); [] when not recorded."""
+    path = Path(results_path).parent / ".hydra" / "overrides.yaml"
+    if not results_path or not path.is_file():
+        return []
+    import yaml
+
+    return [str(o) for o in yaml.safe_load(path.read_text()) or []]
+
+
+def row_name(run: dict[str, str], key: str) -> str | None:
+    """The value of `key` for one leaderboard row: a `[+|++]key=<value>` override of the run, else `key=<value>` in
+    its label."""
+    for override in run_overrides(run.get("results", "")):
+        name, _, value = override.lstrip("+").partition("=")
+        if name == key:
+            return value
+    found = re.search(rf"(?:^|\s){re.escape(key)}=(\S+)", run["run"])
+    return found.group(1) if found else None
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paper")
     parser.add_argument("leaderboard")
     parser.add_argument("--match", default=None)
     parser.add_argument("--paper-row", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with open(args.paper) as f:
         paper = {r["row"]: r for r in csv.DictReader(f)}
     with open(args.leaderboard) as f:
@@ -34,8 +58,8 @@ def main() -> None:
         if args.paper_row:
             row = paper[args.paper_row]
         else:
-            found = re.search(rf"{re.escape(args.match)}=(\S+)", run["run"]) if args.match else None
-            row = paper.get(found.group(1)) if found else None
+            found = row_name(run, args.match) if args.match else None
+            row = paper.get(found) if found else None
         if row is None:
             continue
         cells = []

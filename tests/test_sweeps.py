@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import run_module
+from tests.helpers.cli import ROOT, run_module
 
 
 def _sweep(synthetic_root, sweep_dir, *extra, expect=0):
@@ -129,15 +129,15 @@ def test_paper_sweep_presets_compose(preset):
                 for option in value.split(","):
                     compose("train", overrides=[f"method={params['method']}", f"{key}={option}"])
         if preset == "onenip_table4a":
-            rows = params["+onenip_ablation"].split(",")
+            rows = params["+method/onenip/ablation"].split(",")
             assert len(rows) == 6
             for row in rows:  # every row is a config that exists and sets the three switches
-                m = compose("train", overrides=["method=onenip", f"+onenip_ablation={row}"]).method
+                m = compose("train", overrides=["method=onenip", f"+method/onenip/ablation={row}"]).method
                 assert {"decoder", "restoration", "refiner"} <= set(m)
                 assert m.decoder in ("query", "static", "dynamic")
         if preset == "onenip_table4b":
-            for row in params["+onenip_depth"].split(","):
-                m = compose("train", overrides=["method=onenip", f"+onenip_depth={row}"]).method
+            for row in params["+method/onenip/depth"].split(","):
+                m = compose("train", overrides=["method=onenip", f"+method/onenip/depth={row}"]).method
                 assert row == f"e{m.encoder_layers}d{m.decoder_layers}"
 
 
@@ -175,3 +175,35 @@ def test_leaderboard_labels_name_only_what_tells_runs_apart(tmp_path):
         "padim dataset.image_size=256",  # its own keys do not vary between padim runs: the name says enough
         "onenip dataset.image_size=128",
     ]
+
+
+def test_compare_to_paper_matches_rows_by_a_groups_override(tmp_path, capsys):
+    """--match method/onenip/ablation: the row is the run's `+method/onenip/ablation=<row>` override (its
+    .hydra/overrides.yaml); --match alpha: a value in the run label."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_to_paper", ROOT / "experiments" / "compare_to_paper.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    rows = []
+    for i, (row, alpha) in enumerate([("full", 0.5), ("no_prompt", 0.25)]):
+        run_dir = tmp_path / str(i)
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "overrides.yaml").write_text(f"- method=onenip\n- +method/onenip/ablation={row}\n")
+        label = f"onenip decoder=x alpha={alpha}"
+        rows.append({"run": label, "status": "ok", "error": "", "results": str(run_dir / "results.json"),
+                     "mean/I-AUROC": 0.9 + i / 100})  # fmt: skip
+    board = tmp_path / "leaderboard.csv"
+    with board.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    paper = tmp_path / "paper.csv"
+    paper.write_text("row,I-AUROC\nfull,95.0\nno_prompt,96.0\n0.25,97.0\n")
+    compare.main([str(paper), str(board), "--match", "method/onenip/ablation"])
+    out = capsys.readouterr().out
+    assert "| onenip decoder=x alpha=0.5 | 90.0 / 95.0 / -5.0 |" in out
+    assert "| onenip decoder=x alpha=0.25 | 91.0 / 96.0 / -5.0 |" in out
+    compare.main([str(paper), str(board), "--match", "alpha"])
+    out = capsys.readouterr().out
+    assert "alpha=0.25 | 91.0 / 97.0 / -6.0 |" in out and "alpha=0.5 |" not in out

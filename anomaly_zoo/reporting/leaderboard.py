@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anomaly_zoo.config_keys import flatten, is_result_neutral
+from anomaly_zoo.config_keys import flatten, is_result_neutral, result_relevant
 from anomaly_zoo.metrics import METRIC_NAMES
 
 
@@ -66,7 +66,8 @@ def label_runs(runs: list[RunRecord]) -> None:
         return len({json.dumps(r.flat.get(key), default=str) for r in group}) > 1
 
     # the keys that tell runs apart are the ones that can change results (the same rule as run skipping)
-    keys = sorted({k for r in runs for k in r.flat if not is_result_neutral(k, r.flat.get("task_name"))})
+    keys = sorted({k for r in runs for k in (result_relevant(r.config) if r.config else r.flat)
+                   if not is_result_neutral(k, r.flat.get("task_name"))})  # fmt: skip
     shared = [k for k in keys if not k.startswith("method.") and varies(runs, k)]
     for method in {r.method for r in runs}:
         group = [r for r in runs if r.method == method]

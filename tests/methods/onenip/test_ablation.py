@@ -31,7 +31,7 @@ def ablation_means(synthetic_root, tmp_path_factory) -> dict[str, dict[str, floa
             "dataset.num_workers=0",
             "trainer.enable_progress_bar=false",
             "experiment=onenip_demo",
-            f"+onenip_ablation={row}",
+            f"+method/onenip/ablation={row}",
             "eval.heatmaps_per_category=0",
         ]
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
