@@ -513,7 +513,9 @@ def write_heatmaps(collector: EvaluationCollector, datamodule, folder: Path, per
     categories = np.array([s.category for s in samples])
     written = []
     for category in dict.fromkeys(categories.tolist()):
-        idx = np.flatnonzero(categories == category)
+        idx = np.flatnonzero((categories == category) & buf.filled)  # a partial split (debug=fast): scored only
+        if not len(idx):
+            continue
         vmin, vmax = float(buf.maps[idx].min()), float(buf.maps[idx].max())
         defective = [i for i in idx if samples[i].label == 1]
         for i in sorted(defective, key=lambda i: -buf.scores[i])[:per_category]:
