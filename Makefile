@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test lint bench bench-gpu clean-data
+.PHONY: install demo test lint typecheck bench bench-gpu clean-data
 
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ test:
 lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# mypy on anomaly_zoo/ ([tool.mypy] in pyproject.toml).
+typecheck:
+	$(PY) -m mypy
 
 bench:
 	$(PY) experiments/bench_metrics.py
