@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 class StableDiffusionParts(nn.Module):
     """The four pieces DIVAD needs, however they were built (hub, local folder, or a test config)."""
 
+    # diffusers' AutoencoderKL and UNet2DConditionModel, whose methods (encode, decode, enable_slicing, ...) are
+    # called by name: to a type checker diffusers' __init__ exports torch-less dummy classes, so they are Any here.
+    vae: Any
+    unet: Any
+
     def __init__(self, vae: nn.Module, unet: nn.Module, text_encoder: nn.Module, tokenize: Callable, scheduler_config):
         super().__init__()
         self.vae, self.unet, self.text_encoder = vae, unet, text_encoder

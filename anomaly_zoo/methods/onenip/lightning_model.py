@@ -357,7 +357,7 @@ class OneNIP(AnomalyMethod):
                 lo, hi = min(lo, float(rec_map.min())), max(hi, float(rec_map.max()))
         stats = torch.tensor([-lo, hi], device=self.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():  # DDP: every rank's range
-            stats = cast(torch.Tensor, self.all_gather(stats))
+            stats = cast(torch.Tensor, self.all_gather(stats))  # a tensor in, a tensor out
         stats = stats.reshape(-1, 2).amax(0)
         self.rec_scale = torch.tensor((float(stats[1]) - float(stats[0])) / 2, device=self.device)
         self.train(was_training)
@@ -495,7 +495,8 @@ class OneNIP(AnomalyMethod):
         checkpoint["position_layout"] = POSITION_LAYOUT
         if self.official_import:
             checkpoint["official_import"] = self.official_import
-        np_state = cast(tuple, np.random.get_state())  # legacy=True (the default): the tuple form
+        # NumPy's stubs type the call without arguments as the dict form; legacy=True (the default) returns the tuple.
+        np_state = cast(tuple, np.random.get_state())
         checkpoint["rng_state"] = {
             "method": self._rng.get_state(),
             "torch": torch.get_rng_state(),
