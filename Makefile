@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test test-full test-slow lint bench bench-gpu clean-data
+.PHONY: install demo test test-full test-slow lint typecheck bench bench-gpu clean-data
 
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ test-slow:
 lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# mypy on anomaly_zoo/ ([tool.mypy] in pyproject.toml).
+typecheck:
+	$(PY) -m mypy
 
 bench:
 	$(PY) experiments/bench_metrics.py

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ class LastCheckpoint(ModelCheckpoint):
 
     @property
     def path(self) -> Path:
+        assert self.dirpath is not None  # always given to __init__
         return Path(self.dirpath) / f"last{self.FILE_EXTENSION}"
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -77,7 +78,8 @@ class LastCheckpoint(ModelCheckpoint):
 
 def global_rng_state() -> dict[str, Any]:
     """torch, CUDA, NumPy and Python global generator states in weights_only-loadable types."""
-    kind, keys, *rest = np.random.get_state()
+    # NumPy's stubs type the call without arguments as the dict form; legacy=True (the default) returns the tuple.
+    kind, keys, *rest = cast(tuple, np.random.get_state())
     version, internal, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import hydra
 import torch
@@ -18,6 +19,9 @@ from omegaconf import DictConfig
 
 from anomaly_zoo.checkpointing import METADATA_KEY
 from anomaly_zoo.runner import instantiate_method, load_checkpoint_weights, model_metadata
+
+if TYPE_CHECKING:
+    from anomaly_zoo.methods.onenip.lightning_model import OneNIP
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,7 @@ def convert(cfg: DictConfig) -> Path:
         raise FileExistsError(f"output={out} exists: choose another path (nothing is overwritten)")
     if not cfg.get("ckpt_path"):
         raise ValueError("ckpt_path=... (the official checkpoint to convert) is required")
-    method = instantiate_method(cfg)
+    method = cast("OneNIP", instantiate_method(cfg))  # only OneNIP/UniAD import official checkpoints (checked below)
     load_checkpoint_weights(method, cfg.ckpt_path)
     imported = getattr(method, "official_import", None)
     if not imported:

@@ -12,7 +12,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning.pytorch as pl
@@ -95,7 +95,7 @@ def load_checkpoint_weights(method: AnomalyMethod, ckpt_path: str | Path, name: 
 
 def instantiate_method(cfg: DictConfig) -> AnomalyMethod:
     """The method from `cfg.method`; its `name` key labels results and is not a constructor argument."""
-    kwargs = OmegaConf.to_container(cfg.method, resolve=True)
+    kwargs = cast(dict[str, Any], OmegaConf.to_container(cfg.method, resolve=True))  # a DictConfig: a dict
     kwargs.pop("name", None)
     method = hydra.utils.instantiate(kwargs, _convert_="all")  # plain lists: checkpoints stay weights_only-safe
     if not isinstance(method, AnomalyMethod):
@@ -141,13 +141,13 @@ def build_trainer(cfg: DictConfig, method: AnomalyMethod, out: Path, callbacks: 
     """`trainer._target_` from the config, with the method's own trainer settings (they win, logged), the runner's
     `callbacks` (they need the run's state) followed by the configured ones (`callbacks` group)."""
     silence_expected_warnings(method)
-    trainer_cfg: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.trainer, resolve=True))
     apply_method_trainer_arguments(trainer_cfg, method.trainer_arguments, method_name(cfg))
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    logger: Any = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False  # a Lightning logger or False
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the resolved config, once
-    configured = cfg.get("callbacks")
-    configured = OmegaConf.to_container(configured, resolve=True) if configured is not None else None
+    group = cfg.get("callbacks")
+    configured = cast(dict[str, Any], OmegaConf.to_container(group, resolve=True)) if group is not None else None
     callbacks = [*callbacks, *instantiate_callbacks(configured, logger, method.requires_training, trainer_cfg)]
     return instantiate_trainer(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(out),
                                plugins=[AtomicCheckpointIO()])  # fmt: skip
@@ -155,9 +155,9 @@ def build_trainer(cfg: DictConfig, method: AnomalyMethod, out: Path, callbacks: 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # a DictConfig: a dict
     except Exception:  # the failure may be in the config itself
-        return OmegaConf.to_container(cfg, resolve=False)
+        return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=False))
 
 
 def config_key(cfg: DictConfig) -> str:
@@ -347,7 +347,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
         return {}
 
     runtime = time.perf_counter() - start
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # a DictConfig: a dict
     name = method_name(cfg)
     path = write_results(
         out,
@@ -386,7 +386,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
 def _stopped_by_signal(out: Path) -> None:
     """Lightning stopped fitting on SIGTERM (pre-emption, scancel): say what is kept and exit 143 (128 + SIGTERM)."""
     last = newest_checkpoint(out)
-    epoch = read_checkpoint(last).get("epoch") if last else None
+    epoch = cast(int, read_checkpoint(last).get("epoch")) if last else 0  # Lightning checkpoints record the epoch
     kept = f"{last} (after epoch {epoch + 1})" if last else "no checkpoint yet (the first epoch had not ended)"
     print(f"stopped by SIGTERM; kept {kept}. Run the same command again to resume it.", flush=True)
     raise SystemExit(143)
@@ -438,7 +438,7 @@ def adopt_checkpoint_model(cfg: DictConfig, state: dict[str, Any]) -> DictConfig
         mismatches.append(f"dataset.image_size: the checkpoint was trained at {meta['image_size']}, "
                           f"this run asks for {size}")  # fmt: skip
     backbone = cfg.get("backbone")
-    backbone = OmegaConf.to_container(backbone, resolve=True) if backbone is not None else None
+    backbone = cast(dict[str, Any], OmegaConf.to_container(backbone, resolve=True)) if backbone is not None else None
     if meta.get("backbone") and backbone != meta["backbone"] and _asked(explicit, "backbone"):
         mismatches.append(f"backbone: the checkpoint's is {meta['backbone'].get('name')}, "
                           f"this run asks for {(backbone or {}).get('name')}")  # fmt: skip
@@ -452,7 +452,7 @@ def adopt_checkpoint_model(cfg: DictConfig, state: dict[str, Any]) -> DictConfig
             cfg.method = meta["method_config"]
         elif not composed_in_python:  # the checkpoint's settings, but keys set on the command line win
             method_cfg = dict(meta["method_config"])
-            for k, v in OmegaConf.to_container(cfg.method, resolve=True).items():
+            for k, v in cast(dict[str, Any], OmegaConf.to_container(cfg.method, resolve=True)).items():
                 if _asked(explicit, f"method.{k}") and "experiment" not in explicit:
                     method_cfg[k] = v
             cfg.method = method_cfg
@@ -510,6 +510,7 @@ def write_heatmaps(collector: EvaluationCollector, datamodule, folder: Path, per
     if per_category <= 0:
         return []
     buf, samples = collector.buffer, datamodule.test_dataset.samples
+    assert buf is not None  # filled by the test run on this (global-zero) process
     categories = np.array([s.category for s in samples])
     written = []
     for category in dict.fromkeys(categories.tolist()):

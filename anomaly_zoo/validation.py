@@ -75,7 +75,7 @@ def _wandb_error(cfg: DictConfig) -> str | None:
 
 def _weight_sources(tree: Any, key: str = "") -> list[tuple[str, str, str | None]]:
     """(config key, hub repo or "", local file or None) of every pretrained model the config will load."""
-    found = []
+    found: list[tuple[str, str, str | None]] = []
     if isinstance(tree, dict):
         if tree.get("weights") == "hub" and tree.get("timm_name"):
             found.append((key, f"timm/{tree['timm_name']}", None))
@@ -178,6 +178,7 @@ def check_split(samples, require_masks: bool, split: str = "test", shown: int = 
         if mask_problem:
             problems.append(f"{sample.mask_path} (mask of {Path(sample.image_path).name}): {mask_problem}")
         elif mask_size != size:
+            assert mask_size is not None and size is not None  # both files were read without a problem
             problems.append(f"{sample.mask_path}: mask is {mask_size[0]}x{mask_size[1]}, its image "
                             f"{sample.image_path} is {size[0]}x{size[1]} (width x height)")  # fmt: skip
     if problems:

@@ -7,6 +7,7 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,11 @@ log = logging.getLogger(__name__)
 
 class StableDiffusionParts(nn.Module):
     """The four pieces DIVAD needs, however they were built (hub, local folder, or a test config)."""
+
+    # diffusers' AutoencoderKL and UNet2DConditionModel, whose methods (encode, decode, enable_slicing, ...) are
+    # called by name: to a type checker diffusers' __init__ exports torch-less dummy classes, so they are Any here.
+    vae: Any
+    unet: Any
 
     def __init__(self, vae: nn.Module, unet: nn.Module, text_encoder: nn.Module, tokenize: Callable, scheduler_config):
         super().__init__()
@@ -52,7 +58,7 @@ def load_stable_diffusion(
     from transformers import CLIPTextModel, CLIPTokenizer
 
     local = Path(model_id).expanduser().is_dir()
-    kwargs = {"revision": revision, "local_files_only": local_files_only or local}
+    kwargs: dict[str, Any] = {"revision": revision, "local_files_only": local_files_only or local}
     torch_dtype = getattr(torch, dtype)
     try:
         vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=torch_dtype, **kwargs)
@@ -117,4 +123,5 @@ def tiny_random_stable_diffusion(seed: int = 0, name: str = "sd_tiny_random") ->
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
         steps_offset=1, prediction_type="epsilon",
     )  # fmt: skip
-    return StableDiffusionParts(vae, unet, text_encoder, open_clip_tokenizer(), scheduler.config)
+    # diffusers' __init__ binds its torch-less dummy classes for type checkers (not nn.Modules, no `config`).
+    return StableDiffusionParts(vae, unet, text_encoder, open_clip_tokenizer(), scheduler.config)  # type: ignore[arg-type, attr-defined]

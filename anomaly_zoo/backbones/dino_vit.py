@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,12 @@ def _read_weights(path: Path) -> dict:
 
 class DinoViT(nn.Module):
     """Frozen DINO ViT returning `[tokens]`, tokens (N, C, H/p, W/p): last block, final norm, no CLS token."""
+
+    #: A timm ViT with one class token (checked in __init__); `forward` calls its submodules by name.
+    vit: Any
+    # Buffers (register_buffer in __init__), declared for the type checker.
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self,

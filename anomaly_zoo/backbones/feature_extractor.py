@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import timm
 import torch
+from timm.models import FeatureInfo
 from torch import nn
 
 from anomaly_zoo.backbones.lukemelas import is_lukemelas_state, lukemelas_to_timm, unused_lukemelas_keys
@@ -113,6 +115,10 @@ class FeatureExtractor(nn.Module):
     380 for b4) instead of timm's padding for the actual size; None keeps timm's.
     """
 
+    # Buffers (register_buffer in __init__), declared for the type checker.
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         name: str,
@@ -128,7 +134,7 @@ class FeatureExtractor(nn.Module):
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"backbone.normalization={normalization!r} is not one of {sorted(NORMALIZATIONS)}")
         self.name = name
-        self._init_kwargs = {
+        self._init_kwargs: dict[str, Any] = {
             "name": name,
             "timm_name": timm_name,
             "out_indices": list(out_indices),
@@ -165,11 +171,11 @@ class FeatureExtractor(nn.Module):
 
     @property
     def channels(self) -> list[int]:
-        return list(self.model.feature_info.channels())
+        return list(cast(FeatureInfo, self.model.feature_info).channels())
 
     @property
     def strides(self) -> list[int]:
-        return list(self.model.feature_info.reduction())
+        return list(cast(FeatureInfo, self.model.feature_info).reduction())
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         # Frozen: batch-norm statistics never update, whatever the trainer does.

@@ -25,14 +25,16 @@ class StaticSamePadConv2d(nn.Conv2d):
     """
 
     def __init__(self, conv: nn.Conv2d, pad: tuple[int, int, int, int]) -> None:
+        # torch types a Conv2d's kernel_size, stride and dilation as tuple[int, ...]; they are pairs (what it takes).
         super().__init__(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation, conv.groups,
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation, conv.groups,  # type: ignore[arg-type]
             conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype,
         )  # fmt: skip
         self.static_pad = tuple(int(p) for p in pad)
         with torch.no_grad():
             self.weight.copy_(conv.weight)
             if conv.bias is not None:
+                assert self.bias is not None  # built with bias=True just above
                 self.bias.copy_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +71,8 @@ def freeze_same_padding(model: nn.Module, image_size: int) -> dict[str, tuple[in
     try:
         model.eval()(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
     finally:
-        for h in hooks:
-            h.remove()
+        for handle in hooks:
+            handle.remove()
         model.train(was_training)
     pads = {}
     for name, conv in targets.items():

@@ -6,6 +6,7 @@ import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
@@ -74,7 +75,7 @@ class AnomalyDataModule(LightningDataModule):
         self.train_batch_size, self.eval_batch_size, self.num_workers = train_batch_size, eval_batch_size, num_workers
         self.val_ratio, self.seed, self.download, self.require_masks = val_ratio, seed, download, require_masks
         self.mask_resize = mask_resize
-        self.folder = {
+        self.folder: dict[str, Any] = {
             "normal_dir": normal_dir,
             "abnormal_dir": abnormal_dir,
             "normal_test_dir": normal_test_dir,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -113,7 +114,8 @@ class AnomalyImageDataset(Dataset):
         if mask_resize not in MASK_RESIZES:
             raise ValueError(f"dataset.mask_resize={mask_resize!r} is not one of {MASK_RESIZES}")
         self.samples = list(samples)
-        self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.size = cast(tuple[int, int], size)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"dataset.normalization={normalization!r} is not one of {sorted(NORMALIZATIONS)}")
         self.normalization = normalization

@@ -55,7 +55,7 @@ def _rgb(img: np.ndarray) -> np.ndarray:
     return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
 
 
-def _resize(img: np.ndarray, size: tuple[int, int], resample: int = Image.BILINEAR) -> np.ndarray:
+def _resize(img: np.ndarray, size: tuple[int, int], resample: int = Image.Resampling.BILINEAR) -> np.ndarray:
     """Resize a float [0,255] image (2-D or HxWx3) to (w, h)."""
     if img.ndim == 2:
         return np.asarray(Image.fromarray(img.astype(np.float32), mode="F").resize(size, resample))
@@ -87,11 +87,11 @@ def _place_object(
     s = rng.uniform(*scale)
     side = int(SIZE * 0.8 * s)
     angle = rng.uniform(-max_angle, max_angle)
-    obj_img = Image.fromarray(np.clip(obj, 0, 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
+    obj_img = Image.fromarray(np.clip(obj, 0, 255).astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR)
     # Smooth upscaling then a hard threshold: clean outlines, still an exact binary foreground.
-    alpha_img = Image.fromarray((alpha * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
-    obj_img = obj_img.rotate(angle, Image.BILINEAR)
-    alpha_img = alpha_img.rotate(angle, Image.NEAREST)
+    alpha_img = Image.fromarray((alpha * 255).astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR)
+    obj_img = obj_img.rotate(angle, Image.Resampling.BILINEAR)
+    alpha_img = alpha_img.rotate(angle, Image.Resampling.NEAREST)
     canvas = np.full((SIZE, SIZE, 3), background, dtype=np.float32)
     canvas += rng.normal(0, 1.5, size=(SIZE, SIZE, 1)).astype(np.float32)  # faint shading noise
     fg = np.zeros((SIZE, SIZE), dtype=bool)

@@ -35,6 +35,7 @@ class PredictionBuffer:
 
     def __init__(self, n: int, size: tuple[int, int], memmap_dir: str | None = None) -> None:
         h, w = size
+        self.maps: np.ndarray  # in RAM, or a np.memmap (an ndarray subclass) for large test sets
         if n * h * w * 4 > MEMMAP_THRESHOLD_BYTES:
             self._tmp = tempfile.TemporaryDirectory(dir=memmap_dir, prefix="anomaly_zoo_maps_")
             self.maps = np.lib.format.open_memmap(Path(self._tmp.name) / "maps.npy", "w+", np.float32, (n, h, w))
@@ -60,7 +61,8 @@ class EvaluationCollector(Callback):
         self.mean: dict[str, float] = {}
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        dataset = trainer.datamodule.test_dataset
+        # Lightning attaches `datamodule` to the trainer at run time; the Trainer class does not declare it.
+        dataset = trainer.datamodule.test_dataset  # type: ignore[attr-defined]
         size = dataset.size
         self.buffer = PredictionBuffer(len(dataset), size) if trainer.is_global_zero else None
 
@@ -73,14 +75,16 @@ class EvaluationCollector(Callback):
         if trainer.world_size > 1:
             payload = tuple(t.flatten(0, 1) for t in pl_module.all_gather(payload))
         if trainer.is_global_zero:
-            index, maps, masks, scores = (t.detach().cpu().numpy() for t in payload)
-            self.buffer.put(index, maps, masks, scores)
+            index, map_array, mask_array, score_array = (t.detach().cpu().numpy() for t in payload)
+            assert self.buffer is not None  # made on rank 0 by on_test_start
+            self.buffer.put(index, map_array, mask_array, score_array)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         buf = self.buffer
-        samples = trainer.datamodule.test_dataset.samples
+        assert buf is not None  # made on rank 0 by on_test_start
+        samples = trainer.datamodule.test_dataset.samples  # type: ignore[attr-defined]  # as in on_test_start
         labels = np.array([s.label for s in samples])
         categories = [s.category for s in samples]
         if buf.filled.all():

@@ -14,13 +14,16 @@ from __future__ import annotations
 import inspect
 import logging
 from abc import abstractmethod
-from typing import Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import torch
 from lightning.pytorch import LightningModule
 
 from anomaly_zoo.data.context import Batch, TestContext, TrainingData
 from anomaly_zoo.data.views import ImageView
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,12 @@ class AnomalyMethod(LightningModule):
 
     #: What `image` in a batch must look like: methods normalise for their own networks.
     expected_normalization: str = "none"
+
+    if TYPE_CHECKING:
+        # Lightning declares `hparams` as `AttributeDict | MutableMapping`, but it always returns its AttributeDict
+        # (created on first access, filled by `save_hyperparameters`): methods read `self.hparams.seed`.
+        @property
+        def hparams(self) -> AttributeDict: ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -138,6 +138,10 @@ class AnomalyMetrics(Metric):
         if idx.is_floating_point() or idx.is_complex():
             raise ValueError(f"indices: expected integers, got {idx.dtype}")
 
+        # update() appends to the unsynced list states (a DDP sync turns them into tensors only inside compute()).
+        assert isinstance(self.anomaly_maps, list) and isinstance(self.pred_scores, list)
+        assert isinstance(self.masks, list) and isinstance(self.labels, list)
+        assert isinstance(self.category_ids, list) and isinstance(self.indices, list)
         self.anomaly_maps.append(maps.detach().to(torch.float32))
         self.pred_scores.append(scores.detach().to(torch.float64))
         self.masks.append(masks.detach().to(torch.uint8))
@@ -185,6 +189,7 @@ class AnomalyMetrics(Metric):
         )
         if maps is None or maps.shape[0] == 0:
             raise RuntimeError("AnomalyMetrics.compute() needs images: update() got none since the last reset()")
+        assert scores is not None and masks is not None and labels is not None and ids is not None  # filled together
         n = maps.shape[0]
         if idx is not None and idx.numel():
             if idx.numel() != n:

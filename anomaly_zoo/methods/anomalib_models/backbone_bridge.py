@@ -28,7 +28,7 @@ class AnomalibModelError(RuntimeError):
     """An anomalib model cannot be built or run as configured."""
 
 
-def accepts(cls: type, argument: str) -> bool:
+def accepts(cls: type[Any], argument: str) -> bool:
     return argument in inspect.signature(cls.__init__).parameters
 
 
@@ -45,7 +45,7 @@ def framework_backbone_arguments(cls: type, model_args: dict[str, Any], backbone
             "choose the backbone with the `backbone=` config group (e.g. backbone=efficientnet_lite0), or set "
             "method.backbone_source=model to let anomalib load that timm name itself."
         )
-    args = {"backbone": backbone.timm_name}
+    args: dict[str, Any] = {"backbone": backbone.timm_name}
     if accepts(cls, "layers") and "layers" not in model_args:
         args["layers"] = backbone.out_indices  # timm stage indices; anomalib accepts ints as layers
     if accepts(cls, "layer") and "layer" not in model_args:  # single-layer models (DFM)
@@ -54,10 +54,10 @@ def framework_backbone_arguments(cls: type, model_args: dict[str, Any], backbone
 
 
 @contextmanager
-def pretrained_requests(timm_name: str) -> Iterator[list[nn.Module]]:
+def pretrained_requests(timm_name: str | None) -> Iterator[list[nn.Module]]:
     """While active, `timm.create_model(timm_name, pretrained=True)` builds the network without weights and is
     recorded in the yielded list; other names pass through. Networks a model builds without pretrained weights
-    on purpose (e.g. STFPM's student) stay random, as the model intends."""
+    on purpose (e.g. STFPM's student) stay random, as the model intends. None: every name passes through."""
     original = timm.create_model
     requested: list[nn.Module] = []
 
@@ -69,7 +69,8 @@ def pretrained_requests(timm_name: str) -> Iterator[list[nn.Module]]:
             requested.append(network)
         return network
 
-    timm.create_model = create_model  # anomalib calls it as `timm.create_model`
+    # anomalib calls it as `timm.create_model`, its optional arguments by keyword (which the patch passes on).
+    timm.create_model = create_model  # type: ignore[assignment]
     try:
         yield requested
     finally:

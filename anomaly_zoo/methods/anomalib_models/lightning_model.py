@@ -12,7 +12,7 @@ per category side by side (a subclass could only be one model).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from anomalib import LearningType
@@ -35,11 +35,15 @@ from anomaly_zoo.methods.anomalib_models.registry import _snake, model_class
 from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
 from anomaly_zoo.methods.components import greedy_coreset, upsample_maps
 
+if TYPE_CHECKING:
+    from anomalib.models import Patchcore
+    from anomalib.models.components import AnomalibModule
+
 ALL = "_all_"  # the key of the single model when one model serves every category
 CORESETS = ("anomalib", "fast")
 
 
-def _has_optimizer(model: nn.Module) -> bool:
+def _has_optimizer(model: AnomalibModule) -> bool:
     try:
         return model.configure_optimizers() is not None
     except Exception:  # some read trainer settings (e.g. max_steps) to build their schedule: they do optimise
@@ -48,6 +52,10 @@ def _has_optimizer(model: nn.Module) -> bool:
 
 class AnomalibMethod(AnomalyMethod):
     """Wraps `anomalib.models.<model.name>`; `model` holds its name and its own constructor arguments."""
+
+    # Buffers (register_buffer in __init__), declared for the type checker.
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self,
@@ -78,14 +86,20 @@ class AnomalibMethod(AnomalyMethod):
         if coreset == "fast" and self.model_name != "patchcore":
             raise ValueError(f"method.coreset=fast replaces PatchCore's coreset selection; {self.model_name} has none")
         self._model_args = spec
-        self._framework_backbone = [backbone] if backbone_source == "framework" else []  # a list: not a submodule
-        if self._framework_backbone:
+        self._framework_backbone: list[FeatureExtractor] = []  # a list: not a submodule
+        if backbone_source == "framework":
+            assert backbone is not None  # checked above
+            self._framework_backbone = [backbone]
             self._model_args = {**spec, **framework_backbone_arguments(self.model_cls, spec, backbone)}
 
-        self.models = nn.ModuleDict()
+        # anomalib models by category (or ALL); a ModuleDict's items are plain Modules to a type checker.
+        self.models = cast("dict[str, AnomalibModule]", nn.ModuleDict())
         first, own_normalization = self._build()  # also tells the learning type and trainer arguments
         # the framework backbone normalises as it was trained: reuse its own statistics
-        mean, std = (backbone.mean, backbone.std) if self._framework_backbone else own_normalization
+        if self._framework_backbone:
+            mean, std = self._framework_backbone[0].mean, self._framework_backbone[0].std
+        else:
+            mean, std = own_normalization
         self.register_buffer("mean", mean.reshape(1, 3, 1, 1).clone(), persistent=False)
         self.register_buffer("std", std.reshape(1, 3, 1, 1).clone(), persistent=False)
         self._requires_training = first.learning_type != LearningType.ZERO_SHOT
@@ -113,7 +127,7 @@ class AnomalibMethod(AnomalyMethod):
         return self._trainer_arguments
 
     # ------------------------------------------------------------------ building
-    def _build(self) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    def _build(self) -> tuple[AnomalibModule, tuple[torch.Tensor, torch.Tensor]]:
         """One anomalib model; built under the run's seed so every category's model (and an independent
         anomalib run with the same seed) starts from the same random state (e.g. PaDiM's channel subset)."""
         args = {
@@ -141,8 +155,10 @@ class AnomalibMethod(AnomalyMethod):
             load_framework_weights(model, self._framework_backbone[0], requested)
         normalization = model_normalization(model)
         model.pre_processor = None  # its resize/normalise steps are replaced (see module docstring)
-        model.log = self._relay_log  # the model logs through this module: it is the one Lightning drives
-        model.log_dict = self._relay_log_dict
+        # The model logs through this module: it is the one Lightning drives. (Overriding methods on the instance is
+        # what mypy's method-assign forbids; the relays pass every argument on to Lightning's own methods.)
+        model.log = self._relay_log  # type: ignore[method-assign]
+        model.log_dict = self._relay_log_dict  # type: ignore[method-assign, assignment]
         return model, normalization
 
     def _pre_processor(self) -> Any:
@@ -221,14 +237,14 @@ class AnomalibMethod(AnomalyMethod):
         start = time.perf_counter()
         if self.hparams.coreset == "fast":
             for model in self.models.values():
-                self._fast_coreset(model)
+                self._fast_coreset(cast("Patchcore", model))  # coreset=fast: PatchCore models only (__init__)
         self._call_hooks("on_train_epoch_end")  # memory-bank models fit here (Gaussian, coreset, ...)
         self._epoch_end_seconds += time.perf_counter() - start
 
     def on_fit_end(self) -> None:
         self._call_hooks("on_fit_end")
 
-    def _fast_coreset(self, patchcore: nn.Module) -> None:
+    def _fast_coreset(self, patchcore: Patchcore) -> None:
         """PatchCore's memory bank from the framework's k-center greedy (random projection to 128 dims, one
         matrix-vector product per pick) instead of anomalib's full norm per pick (experiments/bench_coreset.py)."""
         if bool(patchcore._is_fitted):
@@ -248,7 +264,7 @@ class AnomalibMethod(AnomalyMethod):
         self._ensure_models(list(checkpoint.get("anomalib_categories", [])))
 
     # ------------------------------------------------------------------ inference
-    def _infer(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _infer(self, model: AnomalibModule, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(model, MemoryBankMixin) and not bool(model._is_fitted):
             raise RuntimeError(f"{self.model_name} is not fitted: train it, or pass ckpt_path= to anomaly_zoo.test")
         model.eval()
@@ -258,7 +274,7 @@ class AnomalibMethod(AnomalyMethod):
         if out.anomaly_map is None:  # image-level model: a constant map keeps the pixel metrics defined (chance)
             return scores[:, None, None].expand(n, *images.shape[-2:]), scores
         maps = out.anomaly_map.float().reshape(n, *out.anomaly_map.shape[-2:])
-        return upsample_maps(maps, tuple(images.shape[-2:])), scores
+        return upsample_maps(maps, (images.shape[-2], images.shape[-1])), scores
 
     def predict_batch(
         self,

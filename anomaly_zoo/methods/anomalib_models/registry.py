@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from anomalib.models.components import AnomalibModule
 
 
 class UnknownAnomalibModelError(ValueError):
@@ -16,7 +20,7 @@ def _snake(name: str) -> str:
 
 
 @cache
-def _image_models() -> dict[str, type]:
+def _image_models() -> dict[str, type[AnomalibModule]]:
     import anomalib.models  # noqa: F401  (imports every model, which registers the subclasses)
     from anomalib.models.components import AnomalibModule
 
@@ -32,7 +36,7 @@ def available_models() -> list[str]:
     return sorted(_image_models())
 
 
-def model_class(name: str | None) -> type:
+def model_class(name: str | None) -> type[AnomalibModule]:
     """The anomalib class for a name; case and underscores are ignored (`EfficientAd` = `efficient_ad`)."""
     models = _image_models()
     if name:

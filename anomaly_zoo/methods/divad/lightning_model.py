@@ -75,7 +75,7 @@ class DIVAD(AnomalyMethod):
                 "method.mask=cutler reads precomputed CutLER masks: set method.cutler_mask_dir=<folder> (README, "
                 "DIVAD, object masks), or use method.mask=dino_foreground"
             )
-        if mask == "cutler" and not Path(cutler_mask_dir).is_dir():
+        if mask == "cutler" and cutler_mask_dir and not Path(cutler_mask_dir).is_dir():  # (set: checked above)
             raise FileNotFoundError(f"method.cutler_mask_dir={cutler_mask_dir}: no such folder")
         plan = InversionSchedule(schedule, num_steps, start_steps, sampling_grid)  # validates the knobs
         self.save_hyperparameters(ignore=["diffusion", "feature_extractor"])

@@ -135,6 +135,8 @@ def ddim_update(
 class DiffusionReconstructor(nn.Module):
     """Batched DIVAD reconstruction with classifier-free guidance in both directions."""
 
+    alphas_cumprod: torch.Tensor  # a buffer (register_buffer in __init__), declared for the type checker
+
     def __init__(
         self,
         parts: StableDiffusionParts,
@@ -201,10 +203,12 @@ class DiffusionReconstructor(nn.Module):
         return (images / 2 + 0.5).clamp(0, 1)  # diffusers' decode_latents arithmetic (same rounding)
 
     def _guided_eps(self, latents: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor):
-        t = torch.tensor(t, device=latents.device)
+        timestep = torch.tensor(t, device=latents.device)
         if self.guidance_scale == 1.0:
-            return self.parts.unet(latents, t, encoder_hidden_states=cond).sample
-        both = self.parts.unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            return self.parts.unet(latents, timestep, encoder_hidden_states=cond).sample
+        both = self.parts.unet(
+            torch.cat([latents, latents]), timestep, encoder_hidden_states=torch.cat([uncond, cond])
+        ).sample
         eps_uncond, eps_cond = both.chunk(2)
         return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
 

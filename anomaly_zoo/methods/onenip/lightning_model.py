@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -50,6 +50,12 @@ class OneNIP(AnomalyMethod):
     Dice (Eq. 7 with its factor 2).
     Inference: S = (1 - alpha) S_rec + alpha * c * M̂, image score = max of an average-pooled S.
     """
+
+    # Buffers (register_buffer in __init__), declared for the type checker.
+    pool_features: torch.Tensor
+    pool_category: torch.Tensor
+    rec_scale: torch.Tensor
+    feature_statistics_fitted: torch.Tensor
 
     def __init__(
         self,
@@ -140,6 +146,7 @@ class OneNIP(AnomalyMethod):
 
     def refine(self, residual: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Refiner logits (N, H, W) from |F - F_hat| (N, C, h, w)."""
+        assert self.refiner is not None
         return self.refiner(residual.contiguous(memory_format=self._memory_format), size)
 
     def _dataset_features(self, dataset, indices: Sequence[int]) -> torch.Tensor:
@@ -173,6 +180,7 @@ class OneNIP(AnomalyMethod):
         n = tokens.shape[0]
         if not t.uses_prompt:
             return t.untokens(t.decode(t.encode(tokens), None))
+        assert prompt_feats is not None  # a prompted decoder is always given prompts
         prompt_tokens = t.tokens(prompt_feats)
         if jitter:
             prompt_tokens = jittered(prompt_tokens)
@@ -244,7 +252,7 @@ class OneNIP(AnomalyMethod):
         if self.hparams.restoration and len(streams) > 1:
             losses["res"] = F.mse_loss(rec[n:], feats)  # target: the clean features
         if self.refiner is not None:
-            logits = self.refine((rec - inputs).abs(), tuple(images.shape[-2:]))
+            logits = self.refine((rec - inputs).abs(), (images.shape[-2], images.shape[-1]))
             losses["dice"] = dice_loss(logits, torch.cat(masks), doubled=self.hparams.loss == "paper")
         return losses
 
@@ -255,7 +263,7 @@ class OneNIP(AnomalyMethod):
         total = sum(mse) / len(mse) if self.hparams.loss == "official" else sum(mse)
         if "dice" in losses:
             total = total + self.hparams.dice_weight * losses["dice"]
-        return total
+        return cast(torch.Tensor, total)  # "rec" is always there: a sum of tensors, never the int 0
 
     def _training_prompts(self, categories: Sequence[str]) -> torch.Tensor | None:
         if not self.transformer.uses_prompt:
@@ -332,6 +340,7 @@ class OneNIP(AnomalyMethod):
         """
         if self.refiner is None or self.hparams.score_scaling != "calibrated":
             return
+        assert self.synthesis is not None  # built whenever there is a refiner
         was_training = self.training
         self.eval()
         rng = torch.Generator().manual_seed(self.hparams.seed + 7)
@@ -348,7 +357,7 @@ class OneNIP(AnomalyMethod):
                 lo, hi = min(lo, float(rec_map.min())), max(hi, float(rec_map.max()))
         stats = torch.tensor([-lo, hi], device=self.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():  # DDP: every rank's range
-            stats = self.all_gather(stats)
+            stats = cast(torch.Tensor, self.all_gather(stats))  # a tensor in, a tensor out
         stats = stats.reshape(-1, 2).amax(0)
         self.rec_scale = torch.tensor((float(stats[1]) - float(stats[0])) / 2, device=self.device)
         self.train(was_training)
@@ -422,7 +431,7 @@ class OneNIP(AnomalyMethod):
             images = batch["image"].to(self.device)
             feats = self.features(images)
             rec = self.reconstruct(feats, self._prompts_for_test(feats, batch["category"]), jitter=False)
-            rec_map = self.reconstruction_error_map(feats, rec, tuple(images.shape[-2:]))
+            rec_map = self.reconstruction_error_map(feats, rec, (images.shape[-2], images.shape[-1]))
             lo, hi = min(lo, float(rec_map.min())), max(hi, float(rec_map.max()))
         return (lo + hi) / 2
 
@@ -446,7 +455,7 @@ class OneNIP(AnomalyMethod):
             selection = self.hparams.prompt_selection if all(categories) else "cosine"
             chosen = self._pool_choice(feats, categories, selection)
         rec = self.reconstruct(feats, None if chosen is None else self.pool_features[chosen], jitter=False)
-        maps = self.score_maps(feats, rec, tuple(images.shape[-2:]))
+        maps = self.score_maps(feats, rec, (images.shape[-2], images.shape[-1]))
         out: MethodOutput = {"anomaly_maps": maps, "pred_scores": self.image_scores(maps)}
         if chosen is not None:
             out["categories"] = [self.pool_categories[int(self.pool_category[c])] for c in chosen]
@@ -486,7 +495,8 @@ class OneNIP(AnomalyMethod):
         checkpoint["position_layout"] = POSITION_LAYOUT
         if self.official_import:
             checkpoint["official_import"] = self.official_import
-        np_state = np.random.get_state()
+        # NumPy's stubs type the call without arguments as the dict form; legacy=True (the default) returns the tuple.
+        np_state = cast(tuple, np.random.get_state())
         checkpoint["rng_state"] = {
             "method": self._rng.get_state(),
             "torch": torch.get_rng_state(),

@@ -10,12 +10,15 @@ Checked numerically against the official modules on random weights in tests/meth
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from anomaly_zoo.backbones.lukemelas import is_lukemelas_state, lukemelas_to_timm, unused_lukemelas_keys
 from anomaly_zoo.methods.base import CheckpointFormatError
+
+if TYPE_CHECKING:
+    from anomaly_zoo.methods.onenip.lightning_model import OneNIP
 
 #: (official key under `reconstruction.`, regex) → framework key template. First match wins.
 _RENAMES: list[tuple[str, str]] = [
@@ -79,7 +82,7 @@ def _framework_key(official: str) -> str | None:
 
 
 def convert_official_state(
-    state_dict: dict[str, torch.Tensor], model: torch.nn.Module, expected_kind: str
+    state_dict: dict[str, torch.Tensor], model: OneNIP, expected_kind: str
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Official state dict → `model`'s (a framework OneNIP) keys. Returns (state, official keys not used).
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,8 @@ def perlin_noise(size: tuple[int, int], res: tuple[int, int], gen: torch.Generat
 def _perlin_mask(size: tuple[int, int], gen: torch.Generator, device) -> torch.Tensor:
     """Binary blob mask: Perlin noise with 2^U{1..5} periods per axis, thresholded at 0.5 (DRAEM)."""
     for _ in range(10):
-        res = tuple(int(2 ** torch.randint(1, 6, (1,), generator=gen).item()) for _ in range(2))
+        periods = tuple(int(2 ** torch.randint(1, 6, (1,), generator=gen).item()) for _ in range(2))
+        res = cast(tuple[int, int], periods)
         noise = perlin_noise((max(size[0], 32), max(size[1], 32)), res, gen, device)
         mask = (F.interpolate(noise[None, None], size=size, mode="bilinear")[0, 0] > 0.5).float()
         if mask.sum() > 0:
@@ -185,7 +187,7 @@ def _cutpaste(img: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, to
 def _perlin_blend(
     img: torch.Tensor, textures: TextureSource, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    size = tuple(img.shape[-2:])
+    size = (img.shape[-2], img.shape[-1])
     mask = _perlin_mask(size, gen, img.device)
     tex = textures.sample(size, gen, img.device)
     beta = _uniform(0.0, 0.8, gen)

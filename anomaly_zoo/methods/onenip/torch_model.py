@@ -8,6 +8,7 @@ tests/methods/onenip/test_official_onenip.py checks each module against that cod
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ class StrideSixteenNeck(nn.Module):
         return torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=True) for f in feats], dim=1)
 
 
-def neighbour_mask(h: int, w: int, window: tuple[int, int], device=None) -> torch.Tensor:
+def neighbour_mask(h: int, w: int, window: Sequence[int], device=None) -> torch.Tensor:
     """Boolean (hw, hw) attention mask, True = blocked: each token may not attend inside its own h×w window.
 
     Half-widths are window // 2 (so an even window of 8 blocks 9×9, as in the official code).
@@ -173,6 +174,11 @@ class ReconstructionTransformer(nn.Module):
     "query" (UniAD): layer-wise learned queries, no prompt.
     """
 
+    # Buffers (register_buffer in __init__), declared for the type checker.
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+    mask: torch.Tensor | None
+
     def __init__(
         self,
         channels: int,
@@ -190,7 +196,7 @@ class ReconstructionTransformer(nn.Module):
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"method.decoder={decoder!r} is not one of {DECODERS}")
-        self.decoder_kind, self.grid = decoder, tuple(grid)
+        self.decoder_kind, self.grid = decoder, cast(tuple[int, int], tuple(grid))
         self.input_proj = nn.Linear(channels, hidden)
         self.output_proj = nn.Linear(hidden, channels)
         # Fixed per-channel feature statistics around the two projections (identity until set_feature_statistics):

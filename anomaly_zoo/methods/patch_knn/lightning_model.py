@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -53,7 +53,7 @@ class PatchKNN(AnomalyMethod):
         local = torch.cat(self._embeddings)
         self._embeddings.clear()
         # Under DDP every rank saw a shard: gather so all ranks build the same bank.
-        gathered = self.all_gather(local.to(self.device))
+        gathered = cast(torch.Tensor, self.all_gather(local.to(self.device)))  # a tensor in, a tensor out
         pool = gathered.reshape(-1, local.shape[1]) if gathered.ndim == 3 else gathered
         hp = self.hparams
         if hp.sampling == "coreset":
@@ -71,5 +71,5 @@ class PatchKNN(AnomalyMethod):
         views: dict[str, torch.Tensor] | None = None,
     ) -> MethodOutput:
         dist = self.model.nearest_distance(self.model.embed(images))
-        maps = gaussian_blur(upsample_maps(dist, tuple(images.shape[-2:])), self.hparams.blur_sigma)
+        maps = gaussian_blur(upsample_maps(dist, (images.shape[-2], images.shape[-1])), self.hparams.blur_sigma)
         return {"anomaly_maps": maps, "pred_scores": maps.flatten(1).amax(dim=1)}
