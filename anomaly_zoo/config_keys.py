@@ -15,6 +15,7 @@ RESULT_NEUTRAL_PREFIXES = (
     "eval.",
     "checkpoint.",
     "force",
+    "existing_folder",
     "full_traceback",
     "debug",  # the former name of full_traceback, in older records
     "trainer.enable_progress_bar",

@@ -177,7 +177,7 @@ def _finished_run(cfg: DictConfig, key: str) -> Path | None:
     any folder of the same sweep directory."""
     from hydra.core.hydra_config import HydraConfig
 
-    candidates = [output_dir(cfg) / "results.json"]
+    candidates = [output_dir(cfg) / "results.json", *sorted(output_dir(cfg).glob("version_*/results.json"))]
     if _is_multirun():
         candidates += sorted(Path(HydraConfig.get().sweep.dir).glob("**/results.json"))
     for path in candidates:
@@ -229,13 +229,16 @@ def claim_run_folder(cfg: DictConfig, key: str, fit: bool) -> Path | None:
         )
     resume = None
     if found is not None and found.get("config_key") != key:
+        if cfg.get("existing_folder", "refuse") == "version" and (found.get("status") != "failed" or leftovers):
+            return claim_run_folder(_versioned(cfg, key), key, fit)
         if found.get("status") != "failed" or leftovers:
             diff = config_keys.differing_keys(found.get("config", {}), resolved_config(cfg))
             raise RunFolderError(
                 f"run folder {out} holds a {found.get('status', 'finished')} run of another config "
                 f"(that run → this one: {'; '.join(diff) or 'same values, recorded by an older version'}); "
                 "running here would mix the two runs' files. Choose another folder (hydra.run.dir=... or, for a "
-                "sweep, hydra.sweep.dir=...) or delete that one"
+                "sweep, hydra.sweep.dir=...), pass existing_folder=version (a new version_<n> folder inside it) "
+                "or delete that one"
             )
     elif found is not None and found.get("status") != "ok" and fit:
         resume = newest_checkpoint(out)
@@ -244,6 +247,24 @@ def claim_run_folder(cfg: DictConfig, key: str, fit: bool) -> Path | None:
     tmp.write_text(json.dumps({"status": "started", "config_key": key, "config": resolved_config(cfg)}, indent=2))
     tmp.replace(out / RUN_RECORD)
     return resume
+
+
+def _versioned(cfg: DictConfig, key: str) -> DictConfig:
+    """existing_folder=version: move this run to `<folder>/version_<n>`, the first that is free or already holds
+    this config (so that the same command run again resumes or skips there instead of opening another)."""
+    out = output_dir(cfg)
+    n = 1
+    while True:
+        candidate = out / f"version_{n}"
+        found = _recorded_run(candidate)
+        if (found is None and not candidate.exists()) or (found is not None and found.get("config_key") == key):
+            break
+        n += 1
+    log.warning("run folder %s holds a run of another config: this run goes to %s (existing_folder=version)",
+                out, candidate)  # fmt: skip
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(candidate)
+    return cfg
 
 
 def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
@@ -308,6 +329,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     datamodule.setup("fit" if fit else "test")
     check_split(datamodule.test_dataset.samples, datamodule.require_masks)  # before hours of training
     auto_resume = claim_run_folder(cfg, key, fit)  # after the checks: a refused config leaves no record behind
+    out = output_dir(cfg)  # existing_folder=version may have moved the run
     collector = EvaluationCollector()
     callbacks: list = [collector]
     if fit and method.requires_training:

@@ -137,6 +137,8 @@ def validate_config(cfg: DictConfig) -> None:
            lambda v: _is_int(v) and v >= 0, "an integer >= 0")  # fmt: skip
     _check(errors, "eval.threshold_false_alarm_rate", cfg.eval.get("threshold_false_alarm_rate"),
            lambda v: 0.0 <= float(v) < 1.0, "in [0, 1)")  # fmt: skip
+    _check(errors, "existing_folder", cfg.get("existing_folder", "refuse"), lambda v: v in ("refuse", "version"),
+           "refuse or version")  # fmt: skip
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "last") and not Path(str(ckpt)).expanduser().is_file():
         errors.append(f"ckpt_path={ckpt!r}: no such checkpoint file (or ckpt_path=last: the run folder's newest)")

@@ -16,6 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from anomaly_zoo.methods.onenip.torch_model import reconstruction_error_map
 from anomaly_zoo.metrics import compute_category_metrics
 from anomaly_zoo.runner import instantiate_method, load_checkpoint_weights
 
@@ -27,7 +28,7 @@ def component_maps(method, images: torch.Tensor, categories: list[str]) -> dict[
     size = tuple(images.shape[-2:])
     feats = method.features(images)
     rec = method.reconstruct(feats, method._prompts_for_test(feats, categories), jitter=False)
-    maps = {"S_rec": method.reconstruction_error_map(feats, rec, size), "fused": method.score_maps(feats, rec, size)}
+    maps = {"S_rec": reconstruction_error_map(feats, rec, size), "fused": method.score_maps(feats, rec, size)}
     if method.refiner is not None:
         maps["refiner"] = torch.sigmoid(method.refine((rec - feats).abs(), size))
     return maps

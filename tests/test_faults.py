@@ -240,6 +240,25 @@ def test_a_run_folder_of_another_config_is_refused_and_left_as_it_was(compose_cf
     assert run_job(same, fit=False) is None and tree_hash(folder) == before
 
 
+def test_existing_folder_version_puts_another_config_in_a_new_version_folder(compose_cfg, tmp_path):
+    first = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.3"])
+    run(first, fit=False)
+    folder = Path(first.paths.output_dir)
+    before = tree_hash(folder)
+    second = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.7", "existing_folder=version"])
+    run_job(second, fit=False)
+    v1 = json.loads((folder / "version_1" / "results.json").read_text())
+    assert v1["config"]["method"]["reference"] == 0.7 and v1["status"] == "ok"
+    untouched = {k: v for k, v in tree_hash(folder).items() if not k.startswith(str(folder / "version_"))}
+    assert untouched == before  # the first run's files are as they were
+    # the same command again finds its finished run in version_1 (skipped); a third config gets version_2
+    again = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.7", "existing_folder=version"])
+    assert run_job(again, fit=False) is None and not (folder / "version_2").exists()
+    third = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.5", "existing_folder=version"])
+    run_job(third, fit=False)
+    assert json.loads((folder / "version_2" / "results.json").read_text())["config"]["method"]["reference"] == 0.5
+
+
 # ---------------------------------------------------------------- checkpoints know what they are
 @pytest.fixture(scope="module")
 def small_checkpoint(synthetic_root, tmp_path_factory) -> Path:

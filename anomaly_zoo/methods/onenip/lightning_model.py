@@ -21,8 +21,13 @@ from anomaly_zoo.methods.onenip.torch_model import (
     Refiner,
     StrideSixteenNeck,
     add_feature_jitter,
+    choose_prompts,
     convert_row_col_layout,
     dice_loss,
+    fuse_maps,
+    guided_reconstruction,
+    pooled_max_score,
+    reconstruction_error_map,
 )
 
 #: Checkpoint marker of the official [column | row] position-embedding layout; checkpoints without it are converted.
@@ -167,49 +172,22 @@ class OneNIP(AnomalyMethod):
         return torch.cat([self._dataset_features(dataset, indices[i : i + chunk]) for i in starts])
 
     def reconstruct(self, feats: torch.Tensor, prompt_feats: torch.Tensor | None, jitter: bool) -> torch.Tensor:
-        """Features (N,C,h,w) [+ prompts (N/r,C,h,w), shared by r consecutive blocks of N/r] → reconstruction.
-
-        Each prompt is encoded once and reused by the streams it guides (clean and pseudo-anomalous copy), as in
-        the official code: this saves a third of the encoder's work in training.
-        """
-        t = self.transformer
-        tokens = t.tokens(feats)
-        jittered = lambda x: add_feature_jitter(x, self.hparams.jitter_scale, self.hparams.jitter_probability)  # noqa: E731
-        if jitter:
-            tokens = jittered(tokens)
-        n = tokens.shape[0]
-        if not t.uses_prompt:
-            return t.untokens(t.decode(t.encode(tokens), None))
-        assert prompt_feats is not None  # a prompted decoder is always given prompts
-        prompt_tokens = t.tokens(prompt_feats)
-        if jitter:
-            prompt_tokens = jittered(prompt_tokens)
-        encoded = t.encode(torch.cat([tokens, prompt_tokens]))  # one pass: the encoder's weights are shared
-        repeats = n // prompt_tokens.shape[0]
-        prompt = encoded[n:].repeat(repeats, 1, 1)
-        return t.untokens(t.decode(encoded[:n], prompt))
-
-    @staticmethod
-    def reconstruction_error_map(feats: torch.Tensor, rec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """S_rec: the L2 reconstruction error over channels, upsampled to (N, H, W) as the official code."""
-        rec_map = (rec - feats).norm(dim=1, keepdim=True)
-        return F.interpolate(rec_map, size=size, mode="bilinear", align_corners=True)[:, 0]
+        """F̂ of features guided by prompt features (torch_model.guided_reconstruction); `jitter` in training."""
+        hp = self.hparams
+        noise = (lambda x: add_feature_jitter(x, hp.jitter_scale, hp.jitter_probability)) if jitter else None
+        return guided_reconstruction(self.transformer, feats, prompt_feats, noise)
 
     def score_maps(self, feats: torch.Tensor, rec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Fused anomaly maps (N, H, W) at image resolution."""
-        rec_map = self.reconstruction_error_map(feats, rec, size)
+        rec_map = reconstruction_error_map(feats, rec, size)
         if self.refiner is None:
             return rec_map
-        ref = torch.sigmoid(self.refine((rec - feats).abs(), size))
+        refined = torch.sigmoid(self.refine((rec - feats).abs(), size))
         scale = self._test_scale if self._test_scale is not None else float(self.rec_scale)
-        alpha = self.hparams.alpha
-        return (1 - alpha) * rec_map + alpha * scale * ref
+        return fuse_maps(rec_map, refined, self.hparams.alpha, scale)
 
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
-        """Image score: max of the `image_score_pool` x `image_score_pool` average-pooled map, (N,)."""
-        k = self.hparams.image_score_pool
-        pooled = F.avg_pool2d(maps[:, None], k, stride=1)[:, 0] if k > 1 else maps
-        return pooled.flatten(1).amax(dim=1)
+        return pooled_max_score(maps, self.hparams.image_score_pool)
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
@@ -373,14 +351,11 @@ class OneNIP(AnomalyMethod):
                 "OneNIP has no prompt pool: fit it, load a checkpoint of this framework, or turn an official "
                 "checkpoint into one with python -m anomaly_zoo.convert (it builds the pool from training images)"
             )
-        pool = F.normalize(self.pool_features.flatten(1), dim=1)
-        sims = F.normalize(feats.flatten(1), dim=1) @ pool.T  # (N, K)
+        allowed = None
         if selection in ("oracle", "random"):
             allowed = torch.stack([self.pool_category == self._category_id(c) for c in categories])
-            if selection == "random":  # uniform among the class's entries: the argmax of i.i.d. uniform draws
-                sims = torch.rand(sims.shape, generator=self._test_rng).to(sims)
-            sims = sims.masked_fill(~allowed, float("-inf"))
-        return sims.argmax(dim=1)
+        generator = self._test_rng if selection == "random" else None
+        return choose_prompts(feats, self.pool_features, allowed, generator)
 
     def _category_id(self, category: str) -> int:
         if category not in self.pool_categories:
@@ -431,7 +406,7 @@ class OneNIP(AnomalyMethod):
             images = batch["image"].to(self.device)
             feats = self.features(images)
             rec = self.reconstruct(feats, self._prompts_for_test(feats, batch["category"]), jitter=False)
-            rec_map = self.reconstruction_error_map(feats, rec, (images.shape[-2], images.shape[-1]))
+            rec_map = reconstruction_error_map(feats, rec, (images.shape[-2], images.shape[-1]))
             lo, hi = min(lo, float(rec_map.min())), max(hi, float(rec_map.max()))
         return (lo + hi) / 2
 

@@ -1,4 +1,4 @@
-"""OneNIP and UniAD networks (pure nn.Modules; training glue in lightning_model.py).
+"""OneNIP and UniAD networks and inference maths (pure torch; training glue in lightning_model.py).
 
 The OneNIP paper (Gao et al., ECCV 2024) as the official code (github.com/gaobb/OneNIP @ e93dec5) implements it:
 tests/methods/onenip/test_official_onenip.py checks each module against that code. Token tensors are
@@ -7,7 +7,7 @@ tests/methods/onenip/test_official_onenip.py checks each module against that cod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -273,6 +273,69 @@ class ReconstructionTransformer(nn.Module):
     def untokens(self, tokens: torch.Tensor) -> torch.Tensor:
         n, _, c = tokens.shape
         return tokens.transpose(1, 2).reshape(n, c, *self.grid)
+
+
+# ---------------------------------------------------------------------- inference maths (pure functions of tensors)
+def guided_reconstruction(
+    transformer: ReconstructionTransformer,
+    feats: torch.Tensor,
+    prompt_feats: torch.Tensor | None,
+    jitter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """F̂: features (N,C,h,w) [+ prompts (N/r,C,h,w), shared by r consecutive blocks of N/r] → reconstruction.
+
+    Each prompt is encoded once and reused by the streams it guides (clean and pseudo-anomalous copy), as in the
+    official code: this saves a third of the encoder's work in training. `jitter` perturbs the tokens (training).
+    """
+    t = transformer
+    tokens = t.tokens(feats)
+    if jitter is not None:
+        tokens = jitter(tokens)
+    n = tokens.shape[0]
+    if not t.uses_prompt:
+        return t.untokens(t.decode(t.encode(tokens), None))
+    assert prompt_feats is not None, "a prompt-guided decoder needs prompt features"
+    prompt_tokens = t.tokens(prompt_feats)
+    if jitter is not None:
+        prompt_tokens = jitter(prompt_tokens)
+    encoded = t.encode(torch.cat([tokens, prompt_tokens]))  # one pass: the encoder's weights are shared
+    repeats = n // prompt_tokens.shape[0]
+    prompt = encoded[n:].repeat(repeats, 1, 1)
+    return t.untokens(t.decode(encoded[:n], prompt))
+
+
+def reconstruction_error_map(feats: torch.Tensor, rec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """S_rec: the L2 reconstruction error over channels, upsampled to (N, H, W) as the official code."""
+    rec_map = (rec - feats).norm(dim=1, keepdim=True)
+    return F.interpolate(rec_map, size=size, mode="bilinear", align_corners=True)[:, 0]
+
+
+def fuse_maps(rec_map: torch.Tensor, refined: torch.Tensor, alpha: float, scale: float) -> torch.Tensor:
+    """S = (1 - alpha) S_rec + alpha * c * M̂ (the refiner's probabilities M̂ brought to S_rec's range by c)."""
+    return (1 - alpha) * rec_map + alpha * scale * refined
+
+
+def pooled_max_score(maps: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Image score: max of the `kernel` x `kernel` average-pooled map, (N,)."""
+    pooled = F.avg_pool2d(maps[:, None], kernel, stride=1)[:, 0] if kernel > 1 else maps
+    return pooled.flatten(1).amax(dim=1)
+
+
+def choose_prompts(
+    feats: torch.Tensor,
+    pool_features: torch.Tensor,
+    allowed: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Index into the pool per image (N,): the most cosine-similar entry, among `allowed` (N, K) where given;
+    with `generator`, a uniform random allowed entry instead (the argmax of i.i.d. uniform draws)."""
+    pool = F.normalize(pool_features.flatten(1), dim=1)
+    sims = F.normalize(feats.flatten(1), dim=1) @ pool.T  # (N, K)
+    if generator is not None:
+        sims = torch.rand(sims.shape, generator=generator).to(sims)
+    if allowed is not None:
+        sims = sims.masked_fill(~allowed, float("-inf"))
+    return sims.argmax(dim=1)
 
 
 @torch.no_grad()

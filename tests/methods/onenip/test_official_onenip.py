@@ -24,7 +24,9 @@ import yaml
 from torch import nn
 
 from anomaly_zoo.backbones import FeatureExtractor
+from anomaly_zoo.data.context import TestContext
 from anomaly_zoo.methods.onenip import OneNIP
+from anomaly_zoo.methods.onenip.torch_model import reconstruction_error_map
 from anomaly_zoo.runner import load_checkpoint_weights
 
 ROOT = os.environ.get("ANOMALY_ZOO_OFFICIAL_ONENIP")
@@ -242,18 +244,15 @@ def test_onenip_inference(onenip_pair):
         assert_close(f"neck {size}px", out["query_feat"], feats)
         rec = model.reconstruct(feats, prompt_feats, jitter=False)
         assert_close(f"reconstruction {size}px", out["rec_feat"], rec)
-        assert_close(f"S_rec {size}px", out["rec_pred"][:, 0], model.reconstruction_error_map(feats, rec, (size, size)))
+        assert_close(f"S_rec {size}px", out["rec_pred"][:, 0], reconstruction_error_map(feats, rec, (size, size)))
         refined = torch.sigmoid(model.refine((rec - feats).abs(), (size, size)))
         assert_close(f"refiner {size}px", out["ref_pred"][:, 0], refined)
     fused, scores, c = official_fused(out["rec_pred"], out["ref_pred"])
     # the official protocol: oracle prompts (one per class) and the transductive scale over this "test set"
     model.pool_features, model.pool_category, model.pool_categories = prompt_feats, torch.arange(2), ["a", "b"]
-    loader = [{"image": x, "category": ["a", "b"]}]
-    model._trainer = types.SimpleNamespace(datamodule=types.SimpleNamespace(test_dataloader=lambda: loader))
-    try:
-        model.on_test_start()
-    finally:
-        model._trainer = None
+    batches = [{"image": x, "category": ["a", "b"]}]
+    model.setup_test(TestContext(categories=["a", "b"], protocol="unified", root=None, test_batches=lambda: batches))
+    model.on_test_start()
     assert_close(f"transductive scale {size}px", torch.tensor(c), torch.tensor(model._test_scale))
     pred = model.predict_batch(x, ["a", "b"])
     assert_close(f"fused map {size}px", fused, pred["anomaly_maps"])
