@@ -246,7 +246,31 @@ def claim_run_folder(cfg: DictConfig, key: str, fit: bool) -> Path | None:
     tmp = out / f"{RUN_RECORD}.tmp"
     tmp.write_text(json.dumps({"status": "started", "config_key": key, "config": resolved_config(cfg)}, indent=2))
     tmp.replace(out / RUN_RECORD)
+    save_hydra_record(cfg, out)
     return resume
+
+
+#: Where a run keeps Hydra's record of itself (config.yaml, hydra.yaml, overrides.yaml), as Hydra would.
+HYDRA_RECORD = ".hydra"
+
+
+def save_hydra_record(cfg: DictConfig, out: Path) -> None:
+    """Hydra's `.hydra/` record, written once the folder is claimed for this run. conf/hydra/default.yaml turns
+    Hydra's own writing off (`output_subdir: null`): Hydra writes before the task starts, so a run refused for
+    reusing another config's folder would already have replaced that run's record."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = out / HYDRA_RECORD
+    folder.mkdir(parents=True, exist_ok=True)
+    records = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+               "overrides.yaml": hydra_cfg.overrides.task}  # fmt: skip
+    for name, node in records.items():
+        tmp = folder / f"{name}.tmp"
+        tmp.write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+        tmp.replace(folder / name)
 
 
 def _versioned(cfg: DictConfig, key: str) -> DictConfig:
@@ -286,8 +310,14 @@ def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
             raise
         from anomaly_zoo.errors import record_failure
 
-        log.error("run failed (%s); recorded in results.json, the sweep goes on", one_line(err))
         record_failure(str(output_dir(cfg)), one_line(err))
+        found = _recorded_run(output_dir(cfg))
+        if found is not None and found.get("config_key") != key and found.get("status") != "failed":
+            # failed before claiming the folder (e.g. a bad value): the run already there keeps its results.json
+            log.error("run failed (%s); not recorded in %s, which holds another config's run; the sweep goes on",
+                      one_line(err), output_dir(cfg))  # fmt: skip
+            return None
+        log.error("run failed (%s); recorded in results.json, the sweep goes on", one_line(err))
         write_results(
             output_dir(cfg), method_name(cfg), cfg.dataset.name, resolved_config(cfg), {}, {},
             time.perf_counter() - start,

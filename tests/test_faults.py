@@ -25,7 +25,7 @@ from PIL import Image
 
 from anomaly_zoo.config_keys import config_key, differing_keys, is_result_neutral
 from anomaly_zoo.data.image_dataset import AnomalyImageDataset, load_image
-from anomaly_zoo.data.samples import Sample
+from anomaly_zoo.data.samples import Sample, index_folder
 from anomaly_zoo.errors import one_line
 from anomaly_zoo.inference.folder_predictor import predict_folder
 from anomaly_zoo.reporting.leaderboard import RunRecord, _markdown
@@ -95,11 +95,16 @@ def _kinds(folder: Path) -> dict[str, tuple[Path, np.ndarray, float]]:
     palette_image.save(folder / "palette.png")
     colours = np.array(palette, dtype=float).reshape(4, 3) / 255.0
     kinds["palette"] = (folder / "palette.png", colours[RGB8[..., 0] % 4], 1e-6)
-    # 16-bit colour: Pillow keeps the high byte, so the scale is right to within one 8-bit step
+    # 16-bit colour at full depth (Pillow alone would keep only the high byte: an error up to 1/255)
     _png16(folder / "rgb16.png", RGB16)
-    kinds["rgb16_png"] = (folder / "rgb16.png", RGB16 / 65535.0, 1 / 255)
+    kinds["rgb16_png"] = (folder / "rgb16.png", RGB16 / 65535.0, 1e-6)
     tifffile.imwrite(folder / "rgb16.tif", RGB16)
-    kinds["rgb16_tiff"] = (folder / "rgb16.tif", RGB16 / 65535.0, 1 / 255)
+    kinds["rgb16_tiff"] = (folder / "rgb16.tif", RGB16 / 65535.0, 1e-6)
+    rgba16 = np.concatenate([RGB16, np.full((*RGB16.shape[:2], 1), 65535, np.uint16)], axis=-1)
+    _png16(folder / "rgba16.png", rgba16)
+    kinds["rgba16_png"] = (folder / "rgba16.png", RGB16 / 65535.0, 1e-6)
+    tifffile.imwrite(folder / "rgba16.tif", rgba16)
+    kinds["rgba16_tiff"] = (folder / "rgba16.tif", RGB16 / 65535.0, 1e-6)
     return kinds
 
 
@@ -257,6 +262,59 @@ def test_existing_folder_version_puts_another_config_in_a_new_version_folder(com
     third = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.5", "existing_folder=version"])
     run_job(third, fit=False)
     assert json.loads((folder / "version_2" / "results.json").read_text())["config"]["method"]["reference"] == 0.5
+
+
+def test_a_non_ascii_dataset_and_run_folder_give_the_same_results(compose_cfg, synthetic_root, tmp_path):
+    import shutil
+
+    plain = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.3"])
+    expected = run(plain, fit=False)
+    root = tmp_path / "données 検査" / "synthetic"
+    shutil.copytree(synthetic_root / "coin", root / "coin")
+    for marker in synthetic_root.glob("*.json"):  # the generator's version record: no regeneration
+        shutil.copy(marker, root / marker.name)
+    cfg = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.3", f"dataset.root='{root}'"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "résultats ü")
+    got = run(cfg, fit=False)
+    assert got["mean"] == expected["mean"] and got["per_category"] == expected["per_category"]
+    assert json.loads((tmp_path / "résultats ü" / "results.json").read_text(encoding="utf-8"))["status"] == "ok"
+    # a folder dataset there too (anomalib's Folder refuses non-ASCII paths by itself)
+    mine = tmp_path / "données 検査" / "mine"
+    for sub, src in (("good", root / "coin" / "train" / "good"), ("défaut", root / "coin" / "test" / "scratch")):
+        (mine / sub).mkdir(parents=True)
+        for p in sorted(src.glob("*.png"))[:2]:
+            shutil.copy(p, mine / sub / p.name)
+    samples = index_folder(mine, "mine", "test", "good", "défaut", None, None, None)
+    assert sorted(Path(s.image_path).parent.name for s in samples) == ["défaut", "défaut"]
+    assert all(Path(s.image_path).is_file() and str(mine) in s.image_path for s in samples)
+
+
+def _user_files(folder: Path) -> dict[str, str]:
+    """tree_hash without Hydra's job log, which every start appends to (appending loses nothing)."""
+    return {k: v for k, v in tree_hash(folder).items() if not k.endswith(".log")}
+
+
+@pytest.mark.slow
+def test_hydra_record_of_a_run_survives_a_refused_run_and_a_failed_sweep_job(synthetic_root, tmp_path):
+    """Hydra writes `.hydra/` before the task starts; the runner now writes it after claiming the folder, so neither
+    a refused run nor a sweep job that fails on a bad value replaces the record (or results) already there."""
+    common = [*PIXEL, *QUICK, f"dataset.root={synthetic_root}", "trainer.enable_progress_bar=false"]
+    run_module("anomaly_zoo.test", *common, "+method.reference=0.3", f"hydra.run.dir={tmp_path}/r")
+    folder = tmp_path / "r"
+    assert "+method.reference=0.3" in (folder / ".hydra" / "overrides.yaml").read_text()
+    before, log = _user_files(folder), (folder / "test.log").read_text()
+    refused = run_module("anomaly_zoo.test", *common, "+method.reference=0.7", f"hydra.run.dir={folder}", expect=1)
+    assert "method.reference: 0.3 → 0.7" in refused.stderr
+    assert _user_files(folder) == before and (folder / "test.log").read_text().startswith(log)
+    # a sweep: job 0 finishes, then the same sweep folder is reused with a value that fails validation
+    sweep = tmp_path / "s"
+    run_module("anomaly_zoo.test", "-m", *common, "+method.reference=0.3", f"hydra.sweep.dir={sweep}")
+    before = _user_files(sweep / "0")
+    failed = run_module("anomaly_zoo.test", "-m", *common, "+method.reference=0.7", "dataset.eval_batch_size=-4",
+                        f"hydra.sweep.dir={sweep}", expect=1)  # fmt: skip
+    assert "dataset.eval_batch_size=-4" in failed.stderr + failed.stdout
+    assert _user_files(sweep / "0") == before
 
 
 # ---------------------------------------------------------------- checkpoints know what they are

@@ -35,9 +35,17 @@ def _pixels(img: Image.Image) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1], scaled by the file's bit depth.
 
     8-bit grey, RGB, RGBA (alpha dropped), palette, 1-bit and CMYK go through Pillow's conversion; 16-bit grey
-    (PNG, TIFF) is divided by 65535; Pillow reads 16-bit RGB PNG/TIFF as 8-bit RGB (the high byte), which keeps
-    their scale. 32-bit integer images ("I", e.g. 16-bit PNG in older Pillow) count as 16-bit unless larger.
+    (PNG, TIFF) is divided by 65535; 16-bit RGB(A) PNG/TIFF, which Pillow would cut to their high byte, are decoded
+    by OpenCV at full depth. 32-bit integer images ("I", e.g. 16-bit PNG in older Pillow) count as 16-bit unless
+    larger.
     """
+    if img.mode in ("RGB", "RGBA") and _sixteen_bit_colour(img):
+        import cv2  # OpenCV keeps 16-bit colour; anomalib depends on it too
+
+        decoded = cv2.imdecode(np.fromfile(str(img.filename), np.uint8), cv2.IMREAD_UNCHANGED)  # any path's bytes
+        if decoded is not None and decoded.dtype == np.uint16 and decoded.ndim == 3:
+            rgb = cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB if decoded.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+            return (rgb.astype(np.float32) / 65535.0).astype(np.float32)
     if img.mode in _WIDE_MODES:
         values = np.asarray(img, dtype=np.float64)
         full = _WIDE_MODES[img.mode]
@@ -46,6 +54,16 @@ def _pixels(img: Image.Image) -> np.ndarray:
         grey = np.clip(values / full, 0.0, 1.0).astype(np.float32)
         return np.repeat(grey[..., None], 3, axis=-1)
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _sixteen_bit_colour(img: Image.Image) -> bool:
+    """Whether Pillow's decoder for this file reads 16-bit samples (raw mode e.g. RGB;16B for PNG, RGB;16L TIFF)."""
+    for tile in getattr(img, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return True
+    return False
 
 
 def _open(path: str | Path, what: str) -> np.ndarray:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +44,33 @@ def check_category(info: DatasetInfo, root: Path, category: str) -> None:
         )
 
 
+def _is_ascii(path: Path) -> bool:
+    return all(" " <= ch <= "~" for ch in str(path.absolute()))
+
+
+@contextmanager
+def _ascii_paths(*folders: Path) -> Iterator[list[Path]]:
+    """The folders, each non-ASCII one replaced by an ASCII-named symlink to it while indexing: anomalib's
+    validate_path refuses any path outside printable ASCII (données/, 検査/ ...). It checks the path as given and
+    then resolves symlinks, so the samples it lists carry the real paths."""
+    if all(_is_ascii(f) for f in folders):
+        yield [f.absolute() for f in folders]
+        return
+    with tempfile.TemporaryDirectory(prefix="anomaly_zoo_ascii_") as tmp:
+        links = []
+        for i, folder in enumerate(folders):
+            link = Path(tmp) / f"d{i}"
+            link.symlink_to(folder.absolute(), target_is_directory=True)
+            links.append(link)
+        yield links
+
+
 def _anomalib_samples(info: DatasetInfo, root: Path, category: str, split: str):
     module = importlib.import_module("anomalib.data.datasets")
     dataset_class = getattr(module, info.dataset_class)
     try:
-        return dataset_class(root=root / info.subdir, category=category, split=split).samples
+        with _ascii_paths(root / info.subdir) as (where,):
+            return dataset_class(root=where, category=category, split=split).samples
     except Exception as err:
         raise DatasetLayoutError(
             f"cannot index {root / info.subdir / category} ({split} split) as dataset={info.name}: "
@@ -116,16 +140,23 @@ def index_folder(
             if not (root / sub).is_dir():
                 raise DatasetLayoutError(f"dataset.{key}: folder {root / sub} does not exist")
     try:
-        frame = FolderDataset(
-            name=category,
-            root=root,
-            normal_dir=normal_dir,
-            abnormal_dir=abnormal_dir,
-            normal_test_dir=normal_test_dir,
-            mask_dir=None,  # paired below, by name
-            split=split,
-            extensions=tuple(extensions) if extensions else None,
-        ).samples
+        # every folder as an absolute path: anomalib resolves relative ones against the (resolved) root
+        names = {"normal_dir": normal_dir, "abnormal_dir": abnormal_dir, "normal_test_dir": normal_test_dir}
+        lists = {k: [v] if isinstance(v, str) else list(v or []) for k, v in names.items()}
+        flat = [root / sub for subs in lists.values() for sub in subs]
+        with _ascii_paths(root, *flat) as (where, *links):
+            it = iter(links)
+            dirs = {k: [next(it) for _ in subs] for k, subs in lists.items()}
+            frame = FolderDataset(
+                name=category,
+                root=where,
+                normal_dir=dirs["normal_dir"],
+                abnormal_dir=dirs["abnormal_dir"] or None,
+                normal_test_dir=dirs["normal_test_dir"] or None,
+                mask_dir=None,  # paired below, by name
+                split=split,
+                extensions=tuple(extensions) if extensions else None,
+            ).samples
     except Exception as err:
         raise DatasetLayoutError(f"cannot index folder dataset at {root}: {type(err).__name__}: {err}") from err
     samples = _samples_from_frame(frame, category)
