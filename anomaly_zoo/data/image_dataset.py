@@ -31,7 +31,7 @@ class ImageReadError(ValueError):
 _WIDE_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
 
 
-def _pixels(img: Image.Image) -> np.ndarray:
+def _pixels(img: Image.Image, path: str | Path) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1], scaled by the file's bit depth.
 
     8-bit grey, RGB, RGBA (alpha dropped), palette, 1-bit and CMYK go through Pillow's conversion; 16-bit grey
@@ -42,7 +42,7 @@ def _pixels(img: Image.Image) -> np.ndarray:
     if img.mode in ("RGB", "RGBA") and _sixteen_bit_colour(img):
         import cv2  # OpenCV keeps 16-bit colour; anomalib depends on it too
 
-        decoded = cv2.imdecode(np.fromfile(str(img.filename), np.uint8), cv2.IMREAD_UNCHANGED)  # any path's bytes
+        decoded = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)  # any path's bytes
         if decoded is not None and decoded.dtype == np.uint16 and decoded.ndim == 3:
             rgb = cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB if decoded.shape[2] == 4 else cv2.COLOR_BGR2RGB)
             return (rgb.astype(np.float32) / 65535.0).astype(np.float32)
@@ -69,7 +69,7 @@ def _sixteen_bit_colour(img: Image.Image) -> bool:
 def _open(path: str | Path, what: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            return _pixels(img)
+            return _pixels(img, path)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise ImageReadError(f"cannot read {what} {path}: {err}. Replace or remove the file.") from err
 

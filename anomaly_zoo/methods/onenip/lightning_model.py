@@ -17,6 +17,7 @@ from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
 from anomaly_zoo.methods.onenip.official_checkpoint import convert_official_state, official_kind
 from anomaly_zoo.methods.onenip.synthesis import PseudoAnomalyGenerator
 from anomaly_zoo.methods.onenip.torch_model import (
+    OneNIPModel,
     ReconstructionTransformer,
     Refiner,
     StrideSixteenNeck,
@@ -24,7 +25,6 @@ from anomaly_zoo.methods.onenip.torch_model import (
     choose_prompts,
     convert_row_col_layout,
     dice_loss,
-    fuse_maps,
     guided_reconstruction,
     pooled_max_score,
     reconstruction_error_map,
@@ -146,13 +146,19 @@ class OneNIP(AnomalyMethod):
         return {"max_epochs": self.hparams.max_epochs, "gradient_clip_val": self.hparams.grad_clip}
 
     # ------------------------------------------------------------------ features and forward
+    def torch_model(self) -> OneNIPModel:
+        """The inference network as one pure `nn.Module` (`forward(images) -> maps, scores`), sharing this module's
+        weights and prompt pool, with the score scale of the current phase (calibrated, or transductive in test)."""
+        scale = self._test_scale if self._test_scale is not None else float(self.rec_scale)
+        return OneNIPModel(self.neck, self.transformer, self.refiner, self.pool_features, self.hparams.alpha, scale,
+                           self.hparams.image_score_pool, self._memory_format)  # fmt: skip
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.neck(images.contiguous(memory_format=self._memory_format))
+        return self.torch_model().features(images)
 
     def refine(self, residual: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Refiner logits (N, H, W) from |F - F_hat| (N, C, h, w)."""
-        assert self.refiner is not None
-        return self.refiner(residual.contiguous(memory_format=self._memory_format), size)
+        return self.torch_model().refine(residual, size)
 
     def _dataset_features(self, dataset, indices: Sequence[int]) -> torch.Tensor:
         """Features of dataset images by index (cached when method.cache_features: the backbone is frozen)."""
@@ -179,12 +185,7 @@ class OneNIP(AnomalyMethod):
 
     def score_maps(self, feats: torch.Tensor, rec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Fused anomaly maps (N, H, W) at image resolution."""
-        rec_map = reconstruction_error_map(feats, rec, size)
-        if self.refiner is None:
-            return rec_map
-        refined = torch.sigmoid(self.refine((rec - feats).abs(), size))
-        scale = self._test_scale if self._test_scale is not None else float(self.rec_scale)
-        return fuse_maps(rec_map, refined, self.hparams.alpha, scale)
+        return self.torch_model().score_maps(feats, rec, size)
 
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
         return pooled_max_score(maps, self.hparams.image_score_pool)
@@ -346,6 +347,13 @@ class OneNIP(AnomalyMethod):
         return self.pool_features[self._pool_choice(feats, categories, selection)]
 
     def _pool_choice(self, feats: torch.Tensor, categories: Sequence[str], selection: str) -> torch.Tensor:
+        return choose_prompts(feats, self.pool_features, *self._selection(categories, selection))
+
+    def _selection(
+        self, categories: Sequence[str], selection: str
+    ) -> tuple[torch.Tensor | None, torch.Generator | None]:
+        """(allowed pool entries per image, generator) for choose_prompts: `oracle` restricts to the image's class,
+        `random` draws uniformly among them, `cosine` searches the whole pool."""
         if self.pool_features.numel() == 0:
             raise RuntimeError(
                 "OneNIP has no prompt pool: fit it, load a checkpoint of this framework, or turn an official "
@@ -354,8 +362,7 @@ class OneNIP(AnomalyMethod):
         allowed = None
         if selection in ("oracle", "random"):
             allowed = torch.stack([self.pool_category == self._category_id(c) for c in categories])
-        generator = self._test_rng if selection == "random" else None
-        return choose_prompts(feats, self.pool_features, allowed, generator)
+        return allowed, self._test_rng if selection == "random" else None
 
     def _category_id(self, category: str) -> int:
         if category not in self.pool_categories:
@@ -423,15 +430,14 @@ class OneNIP(AnomalyMethod):
         paths: list[str] | None = None,
         views: dict[str, torch.Tensor] | None = None,
     ) -> MethodOutput:
-        feats = self.features(images)
-        chosen = None
+        allowed, generator = None, None
         if self.transformer.uses_prompt:
             # Unknown classes (e.g. predict on a folder) leave the choice to the features.
-            selection = self.hparams.prompt_selection if all(categories) else "cosine"
-            chosen = self._pool_choice(feats, categories, selection)
-        rec = self.reconstruct(feats, None if chosen is None else self.pool_features[chosen], jitter=False)
-        maps = self.score_maps(feats, rec, (images.shape[-2], images.shape[-1]))
-        out: MethodOutput = {"anomaly_maps": maps, "pred_scores": self.image_scores(maps)}
+            allowed, generator = self._selection(
+                categories, self.hparams.prompt_selection if all(categories) else "cosine"
+            )
+        maps, scores, chosen = self.torch_model().predict(images, allowed, generator)
+        out: MethodOutput = {"anomaly_maps": maps, "pred_scores": scores}
         if chosen is not None:
             out["categories"] = [self.pool_categories[int(self.pool_category[c])] for c in chosen]
         return out

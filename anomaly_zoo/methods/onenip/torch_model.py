@@ -405,3 +405,65 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, d
     num = (2 if doubled else 1) * (prob * target).sum(1) + smooth
     den = (prob**2).sum(1) + (target**2).sum(1) + smooth
     return (1 - num / den).mean()
+
+
+class OneNIPModel(nn.Module):
+    """The whole inference network as one pure module: `forward(images) -> (maps (N, H, W), scores (N,))`.
+
+    Shares (does not copy) the trained parts of a `method=onenip`/`uniad` LightningModule, which builds it with
+    `OneNIP.torch_model()`; the weights stay registered there, so checkpoints keep their keys. Prompts come from the
+    pool: the most cosine-similar entry, or one of the entries `allowed` per image (oracle / random selection).
+    `scale` is c in S = (1 - alpha) S_rec + alpha * c * M̂.
+    """
+
+    pool_features: torch.Tensor
+
+    def __init__(
+        self,
+        neck: StrideSixteenNeck,
+        transformer: ReconstructionTransformer,
+        refiner: Refiner | None,
+        pool_features: torch.Tensor,
+        alpha: float,
+        scale: float,
+        image_score_pool: int,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:
+        super().__init__()
+        self.neck, self.transformer, self.refiner = neck, transformer, refiner
+        self.register_buffer("pool_features", pool_features)  # the owner's tensor itself, not a copy
+        self.alpha, self.scale, self.image_score_pool = alpha, scale, image_score_pool
+        self.memory_format = memory_format
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.neck(images.contiguous(memory_format=self.memory_format))
+
+    def refine(self, residual: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Refiner logits (N, H, W) from |F - F̂| (N, C, h, w)."""
+        assert self.refiner is not None
+        return self.refiner(residual.contiguous(memory_format=self.memory_format), size)
+
+    def score_maps(self, feats: torch.Tensor, rec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Fused anomaly maps (N, H, W) at image resolution (S_rec alone without a refiner)."""
+        rec_map = reconstruction_error_map(feats, rec, size)
+        if self.refiner is None:
+            return rec_map
+        return fuse_maps(rec_map, torch.sigmoid(self.refine((rec - feats).abs(), size)), self.alpha, self.scale)
+
+    def predict(
+        self, images: torch.Tensor, allowed: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(maps, scores, chosen pool index per image or None without prompts)."""
+        feats = self.features(images)
+        chosen = None
+        if self.transformer.uses_prompt:
+            if self.pool_features.numel() == 0:
+                raise RuntimeError("OneNIP has no prompt pool: fit it or load a checkpoint that has one")
+            chosen = choose_prompts(feats, self.pool_features, allowed, generator)
+        rec = guided_reconstruction(self.transformer, feats, None if chosen is None else self.pool_features[chosen])
+        maps = self.score_maps(feats, rec, (images.shape[-2], images.shape[-1]))
+        return maps, pooled_max_score(maps, self.image_score_pool), chosen
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, scores, _ = self.predict(images)
+        return maps, scores

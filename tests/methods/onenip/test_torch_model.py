@@ -224,3 +224,39 @@ def test_channels_last_changes_the_layout_not_the_result():
             rec = model.reconstruct(feats, feats, jitter=False)
             outs.append(model.score_maps(feats, rec, (64, 64)))
     assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+def test_the_pure_torch_model_gives_the_methods_maps_and_scores_and_owns_nothing_twice():
+    """OneNIP.torch_model(): one nn.Module, forward(images) -> (maps, scores), equal to predict_batch with the
+    cosine prompt choice (here computed by hand from the paper's steps), sharing the method's weights and pool."""
+    import torch.nn.functional as F
+
+    from anomaly_zoo.methods.onenip import OneNIP
+
+    torch.manual_seed(0)
+    backbone = FeatureExtractor("lite0", "tf_efficientnet_lite0", [0, 1, 2, 3], "package", normalization="tf")
+    small = dict(hidden=16, heads=2, ffn=32, encoder_layers=1, decoder_layers=1, dropout=0.0, refiner_hidden=8)
+    method = OneNIP(backbone, image_size=64, alpha=0.3, image_score_pool=4, **small).eval()
+    pool_images, images = torch.rand(3, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        method.pool_features = method.features(pool_images)
+        method.pool_category = torch.tensor([0, 0, 1])
+        method.pool_categories = ["a", "b"]
+        method.rec_scale = torch.tensor(2.5)
+        net = method.torch_model()
+        maps, scores = net(images)
+        out = method.predict_batch(images, ["", ""])  # unknown classes: cosine over the whole pool
+        # by hand: the most similar pool entry, F̂, S_rec, M̂, S = (1 - a) S_rec + a c M̂, max of the 4x4-pooled S
+        feats = method.features(images)
+        sims = F.normalize(feats.flatten(1), dim=1) @ F.normalize(method.pool_features.flatten(1), dim=1).T
+        rec = method.reconstruct(feats, method.pool_features[sims.argmax(1)], jitter=False)
+        s_rec = F.interpolate((rec - feats).norm(dim=1, keepdim=True), (64, 64), mode="bilinear", align_corners=True)
+        refined = torch.sigmoid(method.refiner((rec - feats).abs(), (64, 64)))
+        expected = 0.7 * s_rec[:, 0] + 0.3 * 2.5 * refined
+    assert torch.allclose(maps, expected, atol=1e-5) and torch.equal(maps, out["anomaly_maps"])
+    assert torch.allclose(scores, F.avg_pool2d(expected[:, None], 4, stride=1).flatten(1).amax(1), atol=1e-5)
+    assert torch.equal(scores, out["pred_scores"])
+    assert net.pool_features.data_ptr() == method.pool_features.data_ptr()
+    assert net.neck is method.neck and net.transformer is method.transformer
+    assert not any(k.startswith("torch_model") for k in method.state_dict())  # the weights are registered once
+    assert set(net.state_dict()) <= {k for k in method.state_dict()}  # its own keys are a subset: exportable
