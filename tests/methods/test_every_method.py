@@ -75,3 +75,48 @@ def test_every_method_runs_through_the_one_door_and_its_checkpoint_round_trips(n
     assert read_checkpoint(ckpt)["anomaly_zoo"]["method"] == name  # the checkpoint knows what wrote it
     again = _run(compose_cfg, "test", [*METHODS[name], f"ckpt_path={ckpt}"], tmp_path / "again", fit=False)
     assert again["mean"] == res["mean"]
+
+
+def test_the_frameworks_own_methods_predict_through_one_pure_torch_model(compose_cfg):
+    """PatchKNN, OneNIP/UniAD and DIVAD each keep their inference maths in one `nn.Module` whose
+    `forward(images, ...) -> (maps, scores)` is what `predict_batch` returns. PatchKNN's is checked against
+    scikit-learn's nearest neighbours; OneNIP's against the paper's steps in tests/methods/onenip/test_torch_model.py.
+    """
+    import numpy as np
+    import torch
+    from sklearn.neighbors import NearestNeighbors
+
+    from anomaly_zoo.methods.components import gaussian_blur, upsample_maps
+    from anomaly_zoo.runner import instantiate_method
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 64, 64)
+    knn = instantiate_method(compose_cfg("train", [*METHODS["patch_knn"], *COMMON])).eval()
+    with torch.no_grad():
+        bank = knn.model.embed(torch.rand(3, 3, 64, 64))
+        knn.model.set_memory_bank(bank.permute(0, 2, 3, 1).reshape(-1, bank.shape[1]))
+        maps, scores = knn.model(images)
+        out = knn.predict_batch(images, ["logo", "logo"])
+        emb = knn.model.embed(images)
+    n, c, h, w = emb.shape
+    dist, _ = (
+        NearestNeighbors(n_neighbors=1)
+        .fit(knn.model.memory_bank.numpy())
+        .kneighbors(emb.permute(0, 2, 3, 1).reshape(-1, c).numpy())
+    )
+    expected = gaussian_blur(upsample_maps(torch.from_numpy(dist[:, 0]).float().view(n, h, w), (64, 64)), 4.0)
+    np.testing.assert_allclose(maps.numpy(), expected.numpy(), atol=1e-4)
+    assert torch.equal(scores, maps.flatten(1).amax(1))
+    assert torch.equal(out["anomaly_maps"], maps) and torch.equal(out["pred_scores"], scores)
+
+    divad = instantiate_method(compose_cfg("test", [*METHODS["divad"], *COMMON, "method.mask=none"])).eval()
+    net = divad.torch_model()
+    assert net.reconstructor is divad.reconstructor and net.extractor is divad.extractor
+    maps, scores = net(images, [divad.prompt("logo")] * 2)
+    out = divad.predict_batch(images, ["logo", "logo"])
+    assert maps.shape == (2, 64, 64) and torch.allclose(out["anomaly_maps"], maps, atol=1e-6)
+    assert torch.allclose(out["pred_scores"], scores, atol=1e-6)
+    pooled = maps[:, None]
+    for _ in range(8):  # the official score: 8 average poolings (kernel 8, stride 1), then the max
+        pooled = torch.nn.functional.avg_pool2d(pooled, 8, stride=1)
+    assert torch.allclose(scores, pooled.flatten(1).amax(1), atol=1e-6)

@@ -11,15 +11,10 @@ from torch import nn
 from anomaly_zoo.data.views import ImageView
 from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
 from anomaly_zoo.methods.components import BLUR_BORDERS
-from anomaly_zoo.methods.divad.anomaly_map import (
-    FEATURE_INPUT,
-    feature_dissimilarity,
-    finish_map,
-    reconstructions_for_features,
-    repeated_average_max,
-)
+from anomaly_zoo.methods.divad.anomaly_map import FEATURE_INPUT
 from anomaly_zoo.methods.divad.masks import MASK_SKIP_LISTS, MASKS, cutler_masks, foreground_from_features
 from anomaly_zoo.methods.divad.pipeline import DiffusionReconstructor, InversionSchedule, StableDiffusionParts
+from anomaly_zoo.methods.divad.torch_model import DIVADModel
 
 #: PIL filter of the Stable Diffusion input: `Image.resize`'s default for RGB, which the official script uses.
 SD_INPUT = "bicubic"
@@ -130,16 +125,25 @@ class DIVAD(AnomalyMethod):
         approximates the file-based inputs the framework's data loaders give."""
         hp = self.hparams
         views = views or {}
-        recons = self.reconstructor(views.get("sd", images), [self.prompt(c) for c in categories])
-        recons = reconstructions_for_features(recons, hp.map_size)
-        maps, features = feature_dissimilarity(self.extractor, views.get("dino", images), recons, hp.map_size)
-        masks = None
-        if hp.mask != "none":
+
+        def object_masks(features: torch.Tensor) -> torch.Tensor | None:
+            if hp.mask == "none":
+                return None
             masks = self._object_masks(features, paths)
             skip = torch.tensor([c in MASK_SKIP_LISTS[hp.mask_skip] for c in categories], device=masks.device)
-            masks = torch.where(skip[:, None, None], torch.ones_like(masks), masks)
-        maps = finish_map(maps, masks, hp.blur_sigma, hp.blur_border)
-        return {"anomaly_maps": maps, "pred_scores": repeated_average_max(maps, hp.score_kernel, hp.score_repeats)}
+            return torch.where(skip[:, None, None], torch.ones_like(masks), masks)
+
+        maps, scores = self.torch_model().predict(
+            views.get("sd", images), views.get("dino", images), [self.prompt(c) for c in categories], object_masks
+        )
+        return {"anomaly_maps": maps, "pred_scores": scores}
+
+    def torch_model(self) -> DIVADModel:
+        """The inference network as one pure `nn.Module` (`forward(images, prompts) -> maps, scores`), sharing this
+        module's diffusion model and feature extractor."""
+        hp = self.hparams
+        return DIVADModel(self.reconstructor, self.extractor, hp.map_size, hp.blur_sigma, hp.blur_border,
+                          hp.score_kernel, hp.score_repeats)  # fmt: skip
 
     def result_metadata(self) -> dict[str, Any]:
         rec = self.reconstructor

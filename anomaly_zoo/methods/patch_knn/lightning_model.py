@@ -9,7 +9,7 @@ import torch
 from anomaly_zoo.backbones import FeatureExtractor
 from anomaly_zoo.data.context import Batch
 from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
-from anomaly_zoo.methods.components import gaussian_blur, greedy_coreset, upsample_maps
+from anomaly_zoo.methods.components import greedy_coreset
 from anomaly_zoo.methods.patch_knn.torch_model import PatchKNNModel
 
 SAMPLINGS = ("coreset", "random")
@@ -34,7 +34,7 @@ class PatchKNN(AnomalyMethod):
         if bank_size < 1:
             raise ValueError(f"method.bank_size={bank_size} must be >= 1")
         self.save_hyperparameters(ignore=["backbone"])
-        self.model = PatchKNNModel(backbone, neighbourhood)
+        self.model = PatchKNNModel(backbone, neighbourhood, blur_sigma)
         self.automatic_optimization = False
         self._embeddings: list[torch.Tensor] = []
 
@@ -70,6 +70,5 @@ class PatchKNN(AnomalyMethod):
         paths: list[str] | None = None,
         views: dict[str, torch.Tensor] | None = None,
     ) -> MethodOutput:
-        dist = self.model.nearest_distance(self.model.embed(images))
-        maps = gaussian_blur(upsample_maps(dist, (images.shape[-2], images.shape[-1])), self.hparams.blur_sigma)
-        return {"anomaly_maps": maps, "pred_scores": maps.flatten(1).amax(dim=1)}
+        maps, scores = self.model(images)
+        return {"anomaly_maps": maps, "pred_scores": scores}

@@ -10,15 +10,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomaly_zoo.backbones import FeatureExtractor
+from anomaly_zoo.methods.components import gaussian_blur, upsample_maps
 
 
 class PatchKNNModel(nn.Module):
     """Locally aggregated multi-stage patch features; anomaly = distance to the nearest bank patch."""
 
-    def __init__(self, backbone: FeatureExtractor, neighbourhood: int = 3) -> None:
+    def __init__(self, backbone: FeatureExtractor, neighbourhood: int = 3, blur_sigma: float = 4.0) -> None:
         super().__init__()
         self.backbone = backbone
         self.neighbourhood = neighbourhood
+        self.blur_sigma = blur_sigma
         self.register_buffer("memory_bank", torch.empty(0, sum(backbone.channels)))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -40,6 +42,12 @@ class PatchKNNModel(nn.Module):
         flat = embeddings.permute(0, 2, 3, 1).reshape(-1, c)
         out = torch.cat([torch.cdist(part, self.memory_bank).amin(dim=1) for part in flat.split(chunk)])
         return out.view(n, h, w)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maps (N, H, W): nearest-patch distance upsampled to the image and blurred, scores (N,): their max)."""
+        dist = self.nearest_distance(self.embed(images))
+        maps = gaussian_blur(upsample_maps(dist, (images.shape[-2], images.shape[-1])), self.blur_sigma)
+        return maps, maps.flatten(1).amax(dim=1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The bank's size is only known after fitting: take it from the checkpoint.
