@@ -29,7 +29,6 @@ import os
 import sys
 import types
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -252,10 +251,10 @@ def _compare(official_dir: Path, dino_dir: Path, work: Path, mp: pytest.MonkeyPa
                    resolution=R, map_size=S, humanize_prompt=False, mask="cutler", cutler_mask_dir=str(mask_dir),
                    seed=SEED).eval()  # fmt: skip
     datamodule = AnomalyDataModule("mvtec", str(root), categories=[CATEGORY], image_size=S, num_workers=0,
-                                   mask_resize="bilinear_nonzero", eval_batch_size=1)  # fmt: skip
-    datamodule.use_train_split, datamodule.views = False, method.input_views()
+                                   mask_resize="bilinear_nonzero", eval_batch_size=1, use_train_split=False,
+                                   views=method.input_views())  # fmt: skip
     datamodule.setup()
-    method._trainer = SimpleNamespace(datamodule=datamodule)  # what anomaly_zoo.test attaches (mask lookup root)
+    method.setup_test(datamodule.test_context())  # as anomaly_zoo.test does: the dataset root for the mask lookup
     batches = list(datamodule.test_dataloader())  # one image per batch, as the official scripts run
     rec = method.reconstructor
     mean, std = extractor.mean, extractor.std
