@@ -525,6 +525,8 @@ def check_model_matches(name: str, state: dict[str, Any], ckpt_path: str | Path)
 
 def predict(cfg: DictConfig) -> list:
     """`anomaly_zoo.predict`: a folder of new images → scores.csv, overlays and report.html."""
+    from hydra.core.hydra_config import HydraConfig
+
     from anomaly_zoo.inference import predict_folder
 
     validate_config(cfg)
@@ -533,6 +535,8 @@ def predict(cfg: DictConfig) -> list:
         cfg = adopt_checkpoint_model(cfg, state)
     method = instantiate_method(cfg)
     method.check_normalization(cfg.dataset.normalization)
+    if HydraConfig.initialized():  # the command's record in its own (timestamped) Hydra folder, as train/test keep
+        save_hydra_record(cfg, Path(HydraConfig.get().runtime.output_dir))
     threshold, source = cfg.get("threshold"), "given on the command line"
     if state is not None:
         recorded = recorded_threshold(load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg)))

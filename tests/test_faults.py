@@ -315,6 +315,11 @@ def test_hydra_record_of_a_run_survives_a_refused_run_and_a_failed_sweep_job(syn
                         f"hydra.sweep.dir={sweep}", expect=1)  # fmt: skip
     assert "dataset.eval_batch_size=-4" in failed.stderr + failed.stdout
     assert _user_files(sweep / "0") == before
+    # predict keeps its command's record in its own Hydra folder too
+    images = synthetic_root / "coin" / "test" / "scratch"
+    run_module("anomaly_zoo.predict", *PIXEL, "+method.reference=0.3", f"input={images}", f"output={tmp_path}/out",
+               f"hydra.run.dir={tmp_path}/p")  # fmt: skip
+    assert f"input={images}" in (tmp_path / "p" / ".hydra" / "overrides.yaml").read_text()
 
 
 # ---------------------------------------------------------------- checkpoints know what they are
