@@ -254,16 +254,17 @@ def claim_run_folder(cfg: DictConfig, key: str, fit: bool) -> Path | None:
 HYDRA_RECORD = ".hydra"
 
 
-def save_hydra_record(cfg: DictConfig, out: Path) -> None:
-    """Hydra's `.hydra/` record, written once the folder is claimed for this run. conf/hydra/default.yaml turns
-    Hydra's own writing off (`output_subdir: null`): Hydra writes before the task starts, so a run refused for
-    reusing another config's folder would already have replaced that run's record."""
+def save_hydra_record(cfg: DictConfig, out: Path | None = None) -> None:
+    """Hydra's `.hydra/` record in `out` (default: Hydra's own output folder), written once the folder is claimed
+    for this run; nothing outside a Hydra app. conf/hydra/default.yaml turns Hydra's own writing off
+    (`output_subdir: null`): Hydra writes before the task starts, so a run refused for reusing another config's
+    folder would already have replaced that run's record."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.get()
-    folder = out / HYDRA_RECORD
+    folder = Path(out if out is not None else hydra_cfg.runtime.output_dir) / HYDRA_RECORD
     folder.mkdir(parents=True, exist_ok=True)
     records = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
                "overrides.yaml": hydra_cfg.overrides.task}  # fmt: skip
@@ -525,8 +526,6 @@ def check_model_matches(name: str, state: dict[str, Any], ckpt_path: str | Path)
 
 def predict(cfg: DictConfig) -> list:
     """`anomaly_zoo.predict`: a folder of new images → scores.csv, overlays and report.html."""
-    from hydra.core.hydra_config import HydraConfig
-
     from anomaly_zoo.inference import predict_folder
 
     validate_config(cfg)
@@ -535,8 +534,7 @@ def predict(cfg: DictConfig) -> list:
         cfg = adopt_checkpoint_model(cfg, state)
     method = instantiate_method(cfg)
     method.check_normalization(cfg.dataset.normalization)
-    if HydraConfig.initialized():  # the command's record in its own (timestamped) Hydra folder, as train/test keep
-        save_hydra_record(cfg, Path(HydraConfig.get().runtime.output_dir))
+    save_hydra_record(cfg)  # the command's record in its own (timestamped) Hydra folder, as train/test keep one
     threshold, source = cfg.get("threshold"), "given on the command line"
     if state is not None:
         recorded = recorded_threshold(load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg)))

@@ -45,7 +45,7 @@ def _pixels(img: Image.Image, path: str | Path) -> np.ndarray:
         decoded = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)  # any path's bytes
         if decoded is not None and decoded.dtype == np.uint16 and decoded.ndim == 3:
             rgb = cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB if decoded.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-            return (rgb.astype(np.float32) / 65535.0).astype(np.float32)
+            return rgb.astype(np.float32) / np.float32(65535.0)
     if img.mode in _WIDE_MODES:
         values = np.asarray(img, dtype=np.float64)
         full = _WIDE_MODES[img.mode]

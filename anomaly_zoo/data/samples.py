@@ -135,32 +135,32 @@ def index_folder(
             f"dataset root {root} does not exist (dataset=folder). Set dataset.root to the folder holding "
             f"dataset.normal_dir={normal_dir!r} (and abnormal/mask dirs)."
         )
-    for key, value in (("normal_dir", normal_dir), ("abnormal_dir", abnormal_dir), ("mask_dir", mask_dir)):
-        for sub in [value] if isinstance(value, str) else (value or []):
-            if not (root / sub).is_dir():
-                raise DatasetLayoutError(f"dataset.{key}: folder {root / sub} does not exist")
+    folders = {key: [root / sub for sub in ([value] if isinstance(value, str) else value or [])]
+               for key, value in (("normal_dir", normal_dir), ("abnormal_dir", abnormal_dir),
+                                  ("normal_test_dir", normal_test_dir), ("mask_dir", mask_dir))}  # fmt: skip
+    for key in ("normal_dir", "abnormal_dir", "mask_dir"):
+        for folder in folders[key]:
+            if not folder.is_dir():
+                raise DatasetLayoutError(f"dataset.{key}: folder {folder} does not exist")
+    indexed = ("normal_dir", "abnormal_dir", "normal_test_dir")  # masks are paired below, by name
     try:
         # every folder as an absolute path: anomalib resolves relative ones against the (resolved) root
-        names = {"normal_dir": normal_dir, "abnormal_dir": abnormal_dir, "normal_test_dir": normal_test_dir}
-        lists = {k: [v] if isinstance(v, str) else list(v or []) for k, v in names.items()}
-        flat = [root / sub for subs in lists.values() for sub in subs]
-        with _ascii_paths(root, *flat) as (where, *links):
+        with _ascii_paths(root, *(f for key in indexed for f in folders[key])) as (where, *links):
             it = iter(links)
-            dirs = {k: [next(it) for _ in subs] for k, subs in lists.items()}
+            dirs = {key: [next(it) for _ in folders[key]] for key in indexed}
             frame = FolderDataset(
                 name=category,
                 root=where,
                 normal_dir=dirs["normal_dir"],
                 abnormal_dir=dirs["abnormal_dir"] or None,
                 normal_test_dir=dirs["normal_test_dir"] or None,
-                mask_dir=None,  # paired below, by name
+                mask_dir=None,
                 split=split,
                 extensions=tuple(extensions) if extensions else None,
             ).samples
     except Exception as err:
         raise DatasetLayoutError(f"cannot index folder dataset at {root}: {type(err).__name__}: {err}") from err
-    samples = _samples_from_frame(frame, category)
-    return _attach_masks(samples, [root / d for d in ([mask_dir] if isinstance(mask_dir, str) else mask_dir or [])])
+    return _attach_masks(_samples_from_frame(frame, category), folders["mask_dir"])
 
 
 def _attach_masks(samples: list[Sample], mask_dirs: list[Path]) -> list[Sample]:

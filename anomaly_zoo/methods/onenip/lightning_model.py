@@ -123,10 +123,10 @@ class OneNIP(AnomalyMethod):
         self.refiner = Refiner(self.neck.channels, refiner_hidden) if refiner else None
         self.synthesis = PseudoAnomalyGenerator(dtd_dir) if (restoration or refiner) else None
         # NHWC convolutions for bf16 tensor cores (no gain measured on CPU); the transformer is unaffected.
-        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.neck.to(memory_format=self._memory_format)
-        if self.refiner is not None:
-            self.refiner.to(memory_format=self._memory_format)
+        if channels_last:
+            self.neck.use_memory_format(torch.channels_last)
+            if self.refiner is not None:
+                self.refiner.use_memory_format(torch.channels_last)
         # Fitted state, saved in checkpoints: the prompt pool and the reconstruction-error scale.
         self.register_buffer("pool_features", torch.empty(0, self.neck.channels, *grid))
         self.register_buffer("pool_category", torch.empty(0, dtype=torch.long))
@@ -151,14 +151,15 @@ class OneNIP(AnomalyMethod):
         weights and prompt pool, with the score scale of the current phase (calibrated, or transductive in test)."""
         scale = self._test_scale if self._test_scale is not None else float(self.rec_scale)
         return OneNIPModel(self.neck, self.transformer, self.refiner, self.pool_features, self.hparams.alpha, scale,
-                           self.hparams.image_score_pool, self._memory_format)  # fmt: skip
+                           self.hparams.image_score_pool)  # fmt: skip
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.torch_model().features(images)
+        return self.neck(images)
 
     def refine(self, residual: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Refiner logits (N, H, W) from |F - F_hat| (N, C, h, w)."""
-        return self.torch_model().refine(residual, size)
+        assert self.refiner is not None
+        return self.refiner(residual, size)
 
     def _dataset_features(self, dataset, indices: Sequence[int]) -> torch.Tensor:
         """Features of dataset images by index (cached when method.cache_features: the backbone is frozen)."""

@@ -29,10 +29,16 @@ class StrideSixteenNeck(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.channels = sum(backbone.channels)
+        self.memory_format = torch.contiguous_format  # use_memory_format(torch.channels_last): NHWC convolutions
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> StrideSixteenNeck:
+        """Weights and inputs in `memory_format` (channels_last: NHWC convolutions for bf16 tensor cores)."""
+        self.memory_format = memory_format
+        return self.to(memory_format=memory_format)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = (images.shape[-2] // 16, images.shape[-1] // 16)
-        feats = self.backbone(images)
+        feats = self.backbone(images.contiguous(memory_format=self.memory_format))
         return torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=True) for f in feats], dim=1)
 
 
@@ -388,9 +394,16 @@ class Refiner(nn.Module):
             ]
         self.body = nn.Sequential(*blocks, nn.Conv2d(hidden, 1, 1))
         official_init(self)
+        self.memory_format = torch.contiguous_format
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> Refiner:
+        """Weights and inputs in `memory_format`, as StrideSixteenNeck.use_memory_format."""
+        self.memory_format = memory_format
+        return self.to(memory_format=memory_format)
 
     def forward(self, residual: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        logits = self.body(residual)
+        """Refiner logits (N, H, W) at `out_size` from |F - F̂| (N, C, h, w)."""
+        logits = self.body(residual.contiguous(memory_format=self.memory_format))
         return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)[:, 0]
 
 
@@ -427,34 +440,24 @@ class OneNIPModel(nn.Module):
         alpha: float,
         scale: float,
         image_score_pool: int,
-        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         super().__init__()
         self.neck, self.transformer, self.refiner = neck, transformer, refiner
         self.register_buffer("pool_features", pool_features)  # the owner's tensor itself, not a copy
         self.alpha, self.scale, self.image_score_pool = alpha, scale, image_score_pool
-        self.memory_format = memory_format
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.neck(images.contiguous(memory_format=self.memory_format))
-
-    def refine(self, residual: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Refiner logits (N, H, W) from |F - F̂| (N, C, h, w)."""
-        assert self.refiner is not None
-        return self.refiner(residual.contiguous(memory_format=self.memory_format), size)
 
     def score_maps(self, feats: torch.Tensor, rec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Fused anomaly maps (N, H, W) at image resolution (S_rec alone without a refiner)."""
         rec_map = reconstruction_error_map(feats, rec, size)
         if self.refiner is None:
             return rec_map
-        return fuse_maps(rec_map, torch.sigmoid(self.refine((rec - feats).abs(), size)), self.alpha, self.scale)
+        return fuse_maps(rec_map, torch.sigmoid(self.refiner((rec - feats).abs(), size)), self.alpha, self.scale)
 
     def predict(
         self, images: torch.Tensor, allowed: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(maps, scores, chosen pool index per image or None without prompts)."""
-        feats = self.features(images)
+        feats = self.neck(images)
         chosen = None
         if self.transformer.uses_prompt:
             if self.pool_features.numel() == 0:
