@@ -1,7 +1,8 @@
 """`python -m anomaly_zoo.leaderboard <folders...> [out=DIR] [logger=wandb] [project=...] [entity=...]`
 
 Collects every results.json below the folders (a sweep directory, several run folders) into per-dataset
-leaderboards: leaderboard_<dataset>.md and .csv in `out` (default: the first folder).
+leaderboards: leaderboard_<dataset>.md and .csv in `out` (default: the first folder); runs scored under an official
+evaluation protocol (results.json `evaluation.protocol`) get their own leaderboard_<dataset>_<protocol> files.
 """
 
 from __future__ import annotations

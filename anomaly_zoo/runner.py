@@ -328,6 +328,11 @@ def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
         return None
 
 
+def evaluation_protocol(cfg: DictConfig) -> str:
+    """`evaluation.protocol` (exact unless a preset or the user asks for an official evaluation's)."""
+    return str((cfg.get("evaluation") or {}).get("protocol", "exact"))
+
+
 def model_metadata(cfg: DictConfig, datamodule) -> dict[str, Any]:
     """What a checkpoint records about its model, so that test/predict need not be told again."""
     return {
@@ -361,7 +366,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     check_split(datamodule.test_dataset.samples, datamodule.require_masks)  # before hours of training
     auto_resume = claim_run_folder(cfg, key, fit)  # after the checks: a refused config leaves no record behind
     out = output_dir(cfg)  # existing_folder=version may have moved the run
-    collector = EvaluationCollector()
+    collector = EvaluationCollector(evaluation_protocol(cfg))
     callbacks: list = [collector]
     if fit and method.requires_training:
         every = int(cfg.get("checkpoint", {}).get("every_n_epochs", 1))
@@ -414,11 +419,13 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
             "status": "ok",
             "config_key": key,
             "protocol": cfg.dataset.protocol,
+            "evaluation": collector.protocol.record(),
             "eval_size": list(datamodule.test_dataset.size),
             **method.result_metadata(),
         },
     )
-    print(f"\n{name} on {cfg.dataset.name} ({cfg.dataset.protocol}), {runtime:.1f} s\n")
+    scored = "" if not collector.protocol.official else f", evaluated as {collector.protocol.name}"
+    print(f"\n{name} on {cfg.dataset.name} ({cfg.dataset.protocol}{scored}), {runtime:.1f} s\n")
     print(metrics_table(collector.per_category, collector.mean))
     overlays = write_heatmaps(collector, datamodule, out / "heatmaps", cfg.eval.heatmaps_per_category)
     if isinstance(trainer.logger, WandbLogger) and overlays:

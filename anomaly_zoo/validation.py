@@ -11,6 +11,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
+from anomaly_zoo.metrics.protocols import PROTOCOLS
+
 #: Below this the backbones' stride-16 feature grid is a single cell or empty.
 MIN_IMAGE_SIZE = 32
 
@@ -81,6 +83,8 @@ def _weight_sources(tree: Any, key: str = "") -> list[tuple[str, str, str | None
             found.append((key, f"timm/{tree['timm_name']}", None))
         elif tree.get("weights") == "file":
             found.append((key, "", tree.get("weights_path") or ""))
+        elif tree.get("weights") == "url":  # a download outside the HF hub (weights_path is the URL)
+            found.append((key, str(tree.get("weights_path") or ""), None))
         elif isinstance(tree.get("model_id"), str):  # diffusers pipelines (DIVAD's Stable Diffusion)
             found.append((key, tree["model_id"], None))
         for k, v in tree.items():
@@ -102,6 +106,11 @@ def missing_weights(cfg: DictConfig) -> list[str]:
     for key, repo, file in _weight_sources(tree):
         if file is not None and not Path(file).expanduser().is_file():
             missing.append(f"{key}: weights=file but weights_path={file!r} is not a file")
+        elif repo.startswith(("http://", "https://")):
+            from anomaly_zoo.backbones.feature_extractor import url_cache_path
+
+            if offline and not url_cache_path(repo).is_file():
+                missing.append(f"{key}: {repo} is not in {url_cache_path(repo)} (weights=url, offline)")
         elif repo and offline and not (cache / f"models--{repo.replace('/', '--')}").is_dir():
             missing.append(f"{key}: {repo} (Hugging Face hub) is not in {cache}")
     return missing
@@ -137,6 +146,9 @@ def validate_config(cfg: DictConfig) -> None:
            lambda v: _is_int(v) and v >= 0, "an integer >= 0")  # fmt: skip
     _check(errors, "eval.threshold_false_alarm_rate", cfg.eval.get("threshold_false_alarm_rate"),
            lambda v: 0.0 <= float(v) < 1.0, "in [0, 1)")  # fmt: skip
+    protocol = (cfg.get("evaluation") or {}).get("protocol", "exact")
+    if protocol not in PROTOCOLS:
+        errors.append(f"evaluation.protocol={protocol!r}: must be one of {', '.join(PROTOCOLS)}")
     _check(errors, "existing_folder", cfg.get("existing_folder", "refuse"), lambda v: v in ("refuse", "version"),
            "refuse or version")  # fmt: skip
     ckpt = cfg.get("ckpt_path")

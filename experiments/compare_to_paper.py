@@ -6,6 +6,7 @@ Rows are matched by `KEY=<row>`: a config group's option chosen on the command l
 method/onenip/ablation for `+method/onenip/ablation=<row>`, read from the run's `.hydra/overrides.yaml` next to its
 results.json) or a value in the leaderboard's run label (e.g. --match alpha, --match dataset.image_size); or one
 paper row (--paper-row) is compared with every run. Prints, per metric the paper reports: ours, paper, difference.
+For one run per class (or an official test log) use `python -m anomaly_zoo.compare`, whose CSV reader this uses.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import argparse
 import csv
 import re
 from pathlib import Path
+
+from anomaly_zoo.compare import read_paper_csv
 
 
 def run_overrides(results_path: str) -> list[str]:
@@ -44,11 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--match", default=None)
     parser.add_argument("--paper-row", default=None)
     args = parser.parse_args(argv)
-    with open(args.paper) as f:
-        paper = {r["row"]: r for r in csv.DictReader(f)}
+    paper = read_paper_csv(args.paper).rows
     with open(args.leaderboard) as f:
         ours = list(csv.DictReader(f))
-    metrics = [k for k in next(iter(paper.values())) if k.startswith(("I-", "P-", "PRO"))]
+    metrics = list(next(iter(paper.values())))
     print("| run | " + " | ".join(f"{m} ours / paper / Δ" for m in metrics) + " |")
     print("|---|" + "---|" * len(metrics))
     for run in ours:

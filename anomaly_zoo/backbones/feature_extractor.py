@@ -24,7 +24,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
     "tf": ((127 / 255,) * 3, (128 / 255,) * 3),
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
-WEIGHT_SOURCES = ("package", "hub", "file", "random")
+WEIGHT_SOURCES = ("package", "hub", "file", "url", "random")
 
 
 class BackboneWeightsError(RuntimeError):
@@ -61,7 +61,36 @@ def _read_lukemelas_weights(path: Path) -> dict[str, torch.Tensor] | None:
     return state if is_lukemelas_state(state) else None
 
 
+def url_cache_path(url: str) -> Path:
+    """Where a weights=url download is kept: torch hub's checkpoint folder, as `torch.hub.load` keeps it."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
+
+
+def _downloaded(url: str, timm_name: str) -> Path:
+    """weights=url (checkpoints published outside the Hugging Face hub, e.g. DINO's ResNet-50): the cached file,
+    downloaded once; offline (HF_HUB_OFFLINE=1) or unreachable, an error naming the URL and the cache path."""
+    import os
+
+    path = url_cache_path(url)
+    if path.is_file():
+        return path
+    hint = (f"download {url} where the network is reachable and put it at {path} (then it is found offline), or "
+            f"pass it with backbone.weights=file backbone.weights_path=/path/to/{path.name}")  # fmt: skip
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise BackboneWeightsError(f"backbone '{timm_name}': weights=url but offline and not cached: {hint}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=True)  # writes a temporary file, then renames
+    except Exception as err:
+        raise BackboneWeightsError(
+            f"backbone '{timm_name}': could not download {url} ({type(err).__name__}); {hint}"
+        ) from err
+    return path
+
+
 def _create_timm_model(timm_name: str, weights: str, weights_path: str | None, **kwargs) -> nn.Module:
+    if weights == "url":  # weights_path holds the URL
+        weights, weights_path = "file", str(_downloaded(str(weights_path), timm_name))
     if weights == "file":
         if not weights_path or not Path(weights_path).is_file():
             raise BackboneWeightsError(

@@ -18,6 +18,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomaly_zoo.methods.components import upsample_maps
 from anomaly_zoo.metrics import compute_category_metrics
+from anomaly_zoo.metrics.protocols import get_protocol
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,11 @@ class PredictionBuffer:
 
 
 class EvaluationCollector(Callback):
-    """Gathers `MethodOutput`s during `trainer.test` and computes per-category metrics at the end."""
+    """Gathers `MethodOutput`s during `trainer.test` and computes per-category metrics at the end, the way
+    `protocol` says (`anomaly_zoo.metrics.protocols`: exact, or an official evaluation's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: str = "exact") -> None:
+        self.protocol = get_protocol(protocol)
         self.buffer: PredictionBuffer | None = None
         self.per_category: dict[str, dict[str, float]] = {}
         self.mean: dict[str, float] = {}
@@ -88,7 +91,9 @@ class EvaluationCollector(Callback):
         labels = np.array([s.label for s in samples])
         categories = [s.category for s in samples]
         if buf.filled.all():
-            self.per_category, self.mean = compute_category_metrics(buf.scores, labels, buf.maps, buf.masks, categories)
+            self.per_category, self.mean = compute_category_metrics(
+                buf.scores, labels, buf.maps, buf.masks, categories, protocol=self.protocol.name
+            )
         elif _limited(trainer.limit_test_batches):  # asked for (e.g. debug=fast): metrics on the scored images only
             done = np.flatnonzero(buf.filled)
             log.warning(
@@ -96,7 +101,12 @@ class EvaluationCollector(Callback):
                 trainer.limit_test_batches, done.size, buf.filled.size,
             )  # fmt: skip
             self.per_category, self.mean = compute_category_metrics(
-                buf.scores[done], labels[done], buf.maps[done], buf.masks[done], [categories[i] for i in done]
+                buf.scores[done],
+                labels[done],
+                buf.maps[done],
+                buf.masks[done],
+                [categories[i] for i in done],
+                protocol=self.protocol.name,
             )
         else:
             raise RuntimeError(

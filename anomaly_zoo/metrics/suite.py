@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from anomaly_zoo.metrics.curves import RankedScores, ap_and_f1max, auroc, pro_auc
+from anomaly_zoo.metrics.protocols import binned_pro, flipped, get_protocol
 
 METRIC_NAMES: tuple[str, ...] = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "PRO")
 
@@ -94,7 +95,9 @@ def _region_weights(masks: np.ndarray) -> np.ndarray:
     return np.concatenate(weights) / n_regions_total
 
 
-def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any, device: Any = None) -> dict[str, float]:
+def compute_metrics(
+    scores: Any, labels: Any, maps: Any, masks: Any, device: Any = None, protocol: str = "exact"
+) -> dict[str, float]:
     """Score one set of predictions. Returns exactly the keys in `METRIC_NAMES`.
 
     scores (N,) image scores, labels (N,) in {0,1}, maps (N,H,W) anomaly maps, masks (N,H,W) in {0,1};
@@ -105,7 +108,12 @@ def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any, device: Any
     `device` (e.g. "cuda"): the pixel-level checks, selection, sorting and ranking run with torch on that device
     (maps already there are not copied to the host); everything after the ranking is the same numpy code on the
     same sorted arrays, so the values are identical to `device=None` (all numpy, on the CPU).
+
+    `protocol`: "exact" (the definitions above), or an official evaluation's way ("onenip_official",
+    "divad_official"; `anomaly_zoo.metrics.protocols`): AUROC below 0.5 flipped, image labels from the masks, and
+    for DIVAD its 200-threshold PRO.
     """
+    spec = get_protocol(protocol)
     scores_np = _as_numpy(scores, "scores").astype(np.float64)
     labels_np = _as_numpy(labels, "labels")
     if device is None:
@@ -114,6 +122,8 @@ def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any, device: Any
         import torch
 
         maps, masks = torch.as_tensor(maps, device=device), torch.as_tensor(masks, device=device)
+    if spec.labels_from_masks:
+        labels_np = _labels_from_masks(labels_np, masks, spec.name)
     _check_inputs(scores_np, labels_np, maps, masks)
     labels_b = labels_np.astype(bool)
 
@@ -125,7 +135,9 @@ def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any, device: Any
     pixel, weights = _rank_pixels(maps, masks) if device is None else _rank_pixels_torch(maps, masks)
     results["P-AUROC"] = auroc(pixel)
     results["P-AP"], results["P-F1max"] = ap_and_f1max(pixel)
-    results["PRO"] = pro_auc(pixel, weights)
+    results["PRO"] = binned_pro(pixel, weights) if spec.binned_pro else pro_auc(pixel, weights)
+    if spec.flip_auroc:
+        results["I-AUROC"], results["P-AUROC"] = flipped(results["I-AUROC"]), flipped(results["P-AUROC"])
 
     undefined = [k for k, v in results.items() if math.isnan(v)]
     if undefined:
@@ -136,6 +148,19 @@ def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any, device: Any
             stacklevel=2,
         )
     return results
+
+
+def _labels_from_masks(labels: np.ndarray, masks: Any, protocol: str) -> np.ndarray:
+    """An image is defective when its mask has a defect pixel: how both official evaluations label images."""
+    from_masks = _as_numpy(masks.reshape(len(masks), -1).any(1), "masks").astype(labels.dtype if labels.size else int)
+    if labels.shape == from_masks.shape and not np.array_equal(labels.astype(bool), from_masks.astype(bool)):
+        warnings.warn(
+            f"protocol {protocol}: image labels are taken from the masks, as the official evaluation does; "
+            f"{int((labels.astype(bool) != from_masks.astype(bool)).sum())} image(s) get another label than the "
+            "dataset gives them",
+            stacklevel=3,
+        )
+    return from_masks
 
 
 def _rank_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[RankedScores, np.ndarray]:
@@ -175,12 +200,14 @@ def _rank_pixels_torch(maps, masks) -> tuple[RankedScores, np.ndarray]:
 
 
 def compute_category_metrics(
-    scores: Any, labels: Any, maps: Any, masks: Any, categories: Sequence[str]
+    scores: Any, labels: Any, maps: Any, masks: Any, categories: Sequence[str], protocol: str = "exact"
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Metrics per category plus their unweighted mean over categories (as both papers report).
+    """Metrics per category plus their unweighted mean over categories (as both papers and both official
+    evaluations take it: `np.mean` over the classes).
 
-    Returns (per_category, mean). Categories keep their first-seen order.
+    Returns (per_category, mean). Categories keep their first-seen order. `protocol`: as `compute_metrics`.
     """
+    get_protocol(protocol)  # an unknown name fails before any work
     scores_np, labels_np = _as_numpy(scores, "scores"), _as_numpy(labels, "labels")
     cats = np.asarray(list(categories))
     if cats.shape[0] != scores_np.shape[0]:
@@ -188,7 +215,9 @@ def compute_category_metrics(
     per_category: dict[str, dict[str, float]] = {}
     for category in dict.fromkeys(cats.tolist()):
         idx = np.flatnonzero(cats == category)
-        per_category[category] = compute_metrics(scores_np[idx], labels_np[idx], _take(maps, idx), _take(masks, idx))
+        per_category[category] = compute_metrics(
+            scores_np[idx], labels_np[idx], _take(maps, idx), _take(masks, idx), protocol=protocol
+        )
     return per_category, mean_over_categories(per_category)
 
 

@@ -53,6 +53,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from anomaly_zoo.metrics.protocols import get_protocol
 from anomaly_zoo.metrics.suite import _is_binary, compute_category_metrics, compute_metrics
 
 __all__ = ["AnomalyMetrics"]
@@ -64,6 +65,8 @@ class AnomalyMetrics(Metric):
     Args:
         categories: the category names `update` may be given, fixed so that all ranks encode them alike; None
             (default): one group, and `compute` returns exactly `compute_metrics`'s dict.
+        protocol: "exact" (default) or an official evaluation's ("onenip_official", "divad_official"), as
+            `compute_metrics(..., protocol=...)`.
         **kwargs: torchmetrics' metric arguments (`compute_on_cpu`, `process_group`, `sync_on_compute`, ...).
 
     `compute` returns a flat dict of floats: the `METRIC_NAMES` keys, and with `categories` those keys hold the
@@ -84,8 +87,9 @@ class AnomalyMetrics(Metric):
     category_ids: list[Tensor] | Tensor
     indices: list[Tensor] | Tensor
 
-    def __init__(self, categories: Sequence[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, categories: Sequence[str] | None = None, protocol: str = "exact", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.protocol = get_protocol(protocol).name
         if isinstance(categories, str):
             raise TypeError(f"categories: expected a sequence of names, got the string {categories!r}")
         self.categories: tuple[str, ...] | None = None if categories is None else tuple(categories)
@@ -199,9 +203,9 @@ class AnomalyMetrics(Metric):
                 maps, scores, masks, labels, ids = (t[keep] for t in (maps, scores, masks, labels, ids))
         maps, scores, masks, labels, ids = (t.cpu() for t in (maps, scores, masks, labels, ids))
         if self.categories is None:
-            return compute_metrics(scores, labels, maps, masks)
+            return compute_metrics(scores, labels, maps, masks, protocol=self.protocol)
         names = [self.categories[i] for i in ids.tolist()]
-        per_category, mean = compute_category_metrics(scores, labels, maps, masks, names)
+        per_category, mean = compute_category_metrics(scores, labels, maps, masks, names, protocol=self.protocol)
         flat = dict(mean)
         for category in self.categories:
             for key, value in per_category.get(category, {}).items():

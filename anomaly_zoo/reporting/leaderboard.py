@@ -26,6 +26,8 @@ class RunRecord:
     config: dict[str, Any]
     label: str = ""
     flat: dict[str, Any] = field(default_factory=dict)
+    #: the evaluation protocol its numbers come from (results.json `evaluation.protocol`; older files: exact)
+    protocol: str = "exact"
 
 
 def collect_runs(folders: Iterable[str | Path]) -> list[RunRecord]:
@@ -47,6 +49,7 @@ def collect_runs(folders: Iterable[str | Path]) -> list[RunRecord]:
                     mean=data.get("mean", {}),
                     config=data.get("config", {}),
                     flat=flatten(data.get("config", {})),
+                    protocol=str((data.get("evaluation") or {}).get("protocol", "exact")),
                 )
             )
     if not runs:
@@ -107,52 +110,76 @@ def _markdown(title: str, runs: list[RunRecord], rows_of: Any) -> str:
     return "\n".join(lines)
 
 
+def tables(runs: list[RunRecord]) -> list[tuple[str, str, list[RunRecord]]]:
+    """(dataset, protocol, runs) per leaderboard table: numbers of two evaluation protocols never share a column."""
+    keys = sorted({(r.dataset, r.protocol) for r in runs}, key=lambda k: (k[0], k[1] != "exact", k[1]))
+    return [(d, p, [r for r in runs if (r.dataset, r.protocol) == (d, p)]) for d, p in keys]
+
+
+def table_name(dataset: str, protocol: str) -> str:
+    """leaderboard_<dataset> for the exact protocol, leaderboard_<dataset>_<protocol> for an official one."""
+    return f"leaderboard_{dataset}" if protocol == "exact" else f"leaderboard_{dataset}_{protocol}"
+
+
+def _protocol_line(protocol: str) -> str:
+    if protocol == "exact":
+        return "Evaluation protocol: exact (the metric definitions; anomaly_zoo/metrics/README.md)."
+    from anomaly_zoo.metrics.protocols import PROTOCOLS
+
+    spec = PROTOCOLS.get(protocol)
+    if spec is None:
+        return f"Evaluation protocol: {protocol} (unknown to this version)."
+    exact = f"; {', '.join(spec.exact_only)} by the exact definitions (not computed there)" if spec.exact_only else ""
+    binned = ", binned PRO" if spec.binned_pro else ""
+    return (f"Evaluation protocol: **{protocol}**, as {spec.source} computes it (AUROC < 0.5 flipped, labels from "
+            f"masks{binned}){exact}. Not comparable with exact numbers.")  # fmt: skip
+
+
 def write_leaderboards(runs: list[RunRecord], out_dir: str | Path) -> list[Path]:
-    """One Markdown and one CSV file per dataset; best value per column in bold (Markdown)."""
+    """One Markdown and one CSV file per dataset and evaluation protocol; best value per column in bold."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for dataset in sorted({r.dataset for r in runs}):
-        group = [r for r in runs if r.dataset == dataset]
+    for dataset, protocol, group in tables(runs):
         label_runs(group)
         categories = list(dict.fromkeys(c for r in group for c in r.categories))
-        md = [f"# Leaderboard: {dataset}", "", f"{len(group)} runs; values in %, best per column in bold.", ""]
+        md = [f"# Leaderboard: {dataset}", "", f"{len(group)} runs; values in %, best per column in bold.",
+              _protocol_line(protocol), ""]  # fmt: skip
         md.append(_markdown("mean over categories", group, lambda r: r.mean))
         for c in categories:
             md += ["", _markdown(c, group, lambda r, c=c: r.categories.get(c, {}))]
-        md_path = out / f"leaderboard_{dataset}.md"
+        md_path = out / f"{table_name(dataset, protocol)}.md"
         md_path.write_text("\n".join(md) + "\n")
-        csv_path = out / f"leaderboard_{dataset}.csv"
+        csv_path = out / f"{table_name(dataset, protocol)}.csv"
         with csv_path.open("w", newline="") as f:
             writer = csv.writer(f)
             columns = [f"mean/{m}" for m in METRIC_NAMES] + [f"{c}/{m}" for c in categories for m in METRIC_NAMES]
-            writer.writerow(["run", "method", "status", "error", "results", *columns])
+            writer.writerow(["run", "method", "status", "error", "results", "protocol", *columns])
             for r in group:
                 values = [r.mean.get(m) for m in METRIC_NAMES]
                 values += [r.categories.get(c, {}).get(m) for c in categories for m in METRIC_NAMES]
-                writer.writerow(
-                    [r.label, r.method, r.status, r.error, str(r.path), *["" if v is None else v for v in values]]
-                )
+                writer.writerow([r.label, r.method, r.status, r.error, str(r.path), r.protocol,
+                                 *["" if v is None else v for v in values]])  # fmt: skip
         written += [md_path, csv_path]
     return written
 
 
 def log_to_wandb(runs: list[RunRecord], project: str, entity: str | None, out_dir: str | Path) -> str:
-    """One sortable `wandb.Table` per dataset plus the best mean of each metric as summary values."""
+    """One sortable `wandb.Table` per dataset and protocol plus the best mean of each metric as summary values."""
     import wandb
 
     run = wandb.init(project=project, entity=entity, job_type="leaderboard", dir=str(out_dir), reinit=True)
-    for dataset in sorted({r.dataset for r in runs}):
-        group = [r for r in runs if r.dataset == dataset]
+    for dataset, protocol, group in tables(runs):
         label_runs(group)
-        table = wandb.Table(columns=["run", "method", "status", *METRIC_NAMES])
+        name = table_name(dataset, protocol).removeprefix("leaderboard_")  # <dataset>[_<protocol>]
+        table = wandb.Table(columns=["run", "method", "status", "protocol", *METRIC_NAMES])
         for r in group:
-            table.add_data(r.label, r.method, r.status, *[r.mean.get(m) for m in METRIC_NAMES])
-        run.log({f"leaderboard/{dataset}": table})
+            table.add_data(r.label, r.method, r.status, r.protocol, *[r.mean.get(m) for m in METRIC_NAMES])
+        run.log({f"leaderboard/{name}": table})
         for m in METRIC_NAMES:
             best = _best([r.mean.get(m) for r in group if r.status == "ok"])
             if best is not None:
-                run.summary[f"{dataset}/best/{m}"] = best
+                run.summary[f"{name}/best/{m}"] = best
     run_dir = run.dir
     run.finish()
     return run_dir

@@ -69,6 +69,17 @@ def test_values_equal_the_suite_exactly():
     assert one_group.compute() == compute_metrics(scores, labels, maps, masks)
 
 
+@pytest.mark.parametrize("protocol", ["onenip_official", "divad_official"])
+def test_an_official_protocol_gives_the_suites_values_under_it(protocol):
+    scores, labels, maps, masks, cats = dataset()
+    metric = AnomalyMetrics(categories=CATS, protocol=protocol)
+    feed(metric, scores, labels, maps, masks, cats)
+    per_category, mean = compute_category_metrics(scores, labels, maps, masks, cats, protocol=protocol)
+    assert metric.compute() == {**mean, **{f"{c}/{k}": v for c in CATS for k, v in per_category[c].items()}}
+    with pytest.raises(ValueError, match="valid: exact, onenip_official, divad_official"):
+        AnomalyMetrics(protocol="flipped")
+
+
 def test_values_equal_sklearn_and_the_slow_pro():
     scores, labels, maps, masks, cats = dataset()
     metric = AnomalyMetrics(categories=CATS)

@@ -28,20 +28,24 @@ def reconstructions_for_features(recons: torch.Tensor, size: int) -> torch.Tenso
 def feature_dissimilarity(
     extractor: Callable[[torch.Tensor], list[torch.Tensor]], images: torch.Tensor, recons: torch.Tensor, size: int
 ):
-    """(N, size, size) maps: last returned stage's features of both, 1 − cosine, bilinear (align_corners=True, as the
-    official code) to `size`. Inputs not already at `size` are resized here (torch bilinear). Also returns the
-    input's features."""
+    """(N, size, size) maps: per returned feature level, 1 − cosine of input and reconstruction features, bilinear
+    (align_corners=True) to `size`, summed over the levels (test.py's `cal_anomaly_map(..., amap_mode='a')`: DINO
+    ViTs return one level, the ResNet-50 extractors three). Inputs not already at `size` are resized here (torch
+    bilinear). Also returns the input's last-level features (the object masks read them)."""
 
     def resize(x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) == (size, size):
             return x
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
-    f_in = extractor(resize(images))[-1]
-    f_rec = extractor(resize(recons))[-1]
-    dissimilarity = 1 - F.cosine_similarity(f_in, f_rec, dim=1)
-    maps = F.interpolate(dissimilarity[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
-    return maps, f_in
+    levels_in, levels_rec = extractor(resize(images)), extractor(resize(recons))
+    maps = None
+    for f_in, f_rec in zip(levels_in, levels_rec, strict=True):
+        dissimilarity = 1 - F.cosine_similarity(f_in, f_rec, dim=1)
+        level = F.interpolate(dissimilarity[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
+        maps = level if maps is None else maps + level
+    assert maps is not None, "the feature extractor returned no feature level"
+    return maps, levels_in[-1]
 
 
 def repeated_average_max(maps: torch.Tensor, kernel: int = 8, repeats: int = 8) -> torch.Tensor:

@@ -311,3 +311,25 @@ def test_cutler_masks_need_the_image_paths():
     method.hparams.update({"mask": "cutler", "cutler_mask_dir": "/nowhere", "map_size": 8})
     with pytest.raises(ValueError, match=r"method.mask=cutler .* predict_batch needs `paths`"):
         method._object_masks(torch.zeros(2, 4, 8, 8), None)
+
+
+@pytest.mark.slow  # 85 s on 2 cores
+def test_a_sweep_over_two_feature_extractors_on_the_tiny_sd(synthetic_root, tmp_path):
+    """`+method/divad/features=...` swept: a DINO ViT-S/16 and the ImageNet ResNet-50 (three levels summed), random
+    weights, each run records its extractor and scores at the size asked for."""
+    args = [
+        "-m", "method=divad", "backbone=sd_tiny_random", "+method/divad/features=dino_vits16,imagenet_resnet50",
+        "method.feature_extractor.weights=random", "dataset.categories=[logo]", "dataset.image_size=64",
+        "method.resolution=64", "method.map_size=64", "method.num_steps=50", "method.start_steps=1",
+        "eval.heatmaps_per_category=0", f"dataset.root={synthetic_root}", "dataset.num_workers=0",
+        "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}",
+    ]  # fmt: skip
+    run_module("anomaly_zoo.test", *args)
+    runs = {}
+    for path in tmp_path.glob("*/results.json"):
+        res = json.loads(path.read_text())
+        runs[res["config"]["method"]["feature_extractor"]["name"]] = res
+    assert set(runs) == {"dino_vits16", "imagenet_resnet50"}
+    assert runs["imagenet_resnet50"]["config"]["method"]["feature_extractor"]["out_indices"] == [1, 2, 3]
+    assert all(r["eval_size"] == [64, 64] and r["status"] == "ok" for r in runs.values())
+    assert runs["dino_vits16"]["categories"]["logo"] != runs["imagenet_resnet50"]["categories"]["logo"]
