@@ -25,9 +25,24 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
+def project_error(err: BaseException) -> BaseException | None:
+    """The outermost exception of a `raise ... from` chain whose class is anomaly_zoo's own: the project's message
+    (which names the file or key and the fix) rather than the library error it explains, e.g. the dataset layout
+    message over the pandas length error underneath."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if type(current).__module__.split(".", 1)[0] == "anomaly_zoo":
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
+
+
 def message(err: BaseException) -> str:
-    """`Type: message` of the root cause; a DataLoader worker's wrapper is replaced by the error it wraps."""
-    root = root_cause(err)
+    """`Type: message` of the project's own error in the chain, else of the root cause (Hydra wraps constructor
+    errors in its own); a DataLoader worker's wrapper is replaced by the error it wraps."""
+    root = project_error(err) or root_cause(err)
     text = str(root)
     if "Original Traceback" in text:  # torch re-raises worker errors with the worker's traceback as the message
         last = [line for line in text.splitlines() if line.strip()][-1]

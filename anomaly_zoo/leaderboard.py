@@ -19,7 +19,13 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(options) - {"out", "logger", "project", "entity"}
     if not folders or unknown:
         raise SystemExit(__doc__ + (f"\nunknown option(s): {sorted(unknown)}" if unknown else ""))
-    runs = collect_runs(folders)
+    unreadable: list[str] = []
+    try:
+        runs = collect_runs(folders, unreadable)
+    except FileNotFoundError as err:
+        _report_unreadable(unreadable)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     out = options.get("out", folders[0])
     for path in write_leaderboards(runs, out):
         print(path)
@@ -29,6 +35,13 @@ def main(argv: list[str] | None = None) -> None:
             print("\n" + (text if cut < 0 else text[:cut]).strip() + "\n")
     if options.get("logger") == "wandb":
         print("wandb:", log_to_wandb(runs, options.get("project", "anomaly_zoo"), options.get("entity"), out))
+    _report_unreadable(unreadable)
+
+
+def _report_unreadable(unreadable: list[str]) -> None:
+    """One line per results.json left out, after the tables (so the terminal ends with them)."""
+    for line in unreadable:
+        print(f"unreadable, left out: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

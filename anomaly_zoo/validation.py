@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from anomaly_zoo.metrics.protocols import PROTOCOLS
+from anomaly_zoo.data.image_dataset import displayed_size
 
 #: Below this the backbones' stride-16 feature grid is a single cell or empty.
 MIN_IMAGE_SIZE = 32
@@ -116,6 +117,19 @@ def missing_weights(cfg: DictConfig) -> list[str]:
     return missing
 
 
+def _root_error(ds: DictConfig) -> str | None:
+    """`dataset.root` must be a folder; the synthetic set is generated where it is missing, so there only a file in
+    the way (the root itself or a folder above it) is an error."""
+    root = Path(str(ds.get("root"))).expanduser()
+    blocking = next((p for p in (root, *root.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        where = "is a file, not a folder" if blocking == root else f"is below {blocking}, a file"
+        return f"dataset.root={ds.get('root')!r}: {where} (set dataset.root=/path/to/{ds.name})"
+    if ds.get("name") != "synthetic" and not root.is_dir():
+        return f"dataset.root={ds.get('root')!r}: no such folder (set dataset.root=/path/to/{ds.name})"
+    return None
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Every bad value at once, one line each: `key=value: must be <allowed range>`."""
     errors: list[str] = []
@@ -132,10 +146,8 @@ def validate_config(cfg: DictConfig) -> None:
     if ds.get("name") == "folder":
         _check(errors, "dataset.normal_test_ratio", ds.get("normal_test_ratio"), lambda v: 0.0 < float(v) < 1.0,
                "in (0, 1)")  # fmt: skip
-    if ds.get("name") != "synthetic":  # the synthetic set is generated where it is missing
-        root = Path(str(ds.get("root"))).expanduser()
-        if not root.is_dir():
-            errors.append(f"dataset.root={ds.get('root')!r}: no such folder (set dataset.root=/path/to/{ds.name})")
+    if (root_error := _root_error(ds)) is not None:
+        errors.append(root_error)
     _check(errors, "trainer.max_epochs", trainer.get("max_epochs"),
            lambda v: v is None or (_is_int(v) and v >= -1 and v != 0), "an integer >= 1 (or -1: no limit)")  # fmt: skip
     if (devices := _devices_error(trainer)) is not None:
@@ -169,7 +181,7 @@ def _image_problem(path: str) -> tuple[str | None, tuple[int, int] | None]:
         return "missing file", None
     try:
         with Image.open(path) as img:
-            size = img.size
+            size = displayed_size(img)  # as the reader turns it (EXIF orientation): masks are compared so
             img.verify()  # checksums and truncation, without decoding the pixels
         return None, size
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:

@@ -127,6 +127,98 @@ def test_the_datamodule_and_predict_read_16_bit_images_as_they_are(tmp_path):
     assert rows[0].score == pytest.approx(30000 / 65535, abs=1e-5)  # PixelDeviation(0): the image's own value
 
 
+def _with_orientation(path: Path, upright: np.ndarray, orientation: int, **save: object) -> None:
+    """Store `upright` (H, W[, 3]) as a camera would: the pixels as the sensor read them plus the EXIF Orientation
+    tag that turns them back upright (Pillow's exif_transpose undoes exactly that storage)."""
+    undo = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
+            7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}[orientation]  # fmt: skip
+    image = Image.fromarray(upright)
+    stored = image if undo is None else image.transpose(undo)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, exif=exif, **save)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_exif_orientation_is_applied_as_viewers_show_the_image(tmp_path, suffix):
+    from PIL import ImageOps
+
+    upright = RNG.integers(0, 256, (12, 20, 3)).astype(np.uint8)  # not square: a turn changes the shape
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}{suffix}"
+        _with_orientation(path, upright, orientation, quality=100)
+        with Image.open(path) as img:
+            shown = np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.float32) / 255.0  # a viewer
+        got = load_image(path).permute(1, 2, 0).numpy()
+        assert got.shape == (12, 20, 3), orientation
+        np.testing.assert_array_equal(got, shown, err_msg=f"orientation {orientation}")
+        if suffix == ".png":  # lossless: exactly the upright pixels
+            np.testing.assert_array_equal(got, upright / np.float32(255.0), err_msg=f"orientation {orientation}")
+
+
+def test_a_sideways_image_and_mask_line_up_in_the_dataset_views_and_predict(tmp_path):
+    """A phone's JPEG (Orientation=6) and a mask drawn on the upright image: same size check, aligned pixels, the
+    method's input views and predict's scores as for the upright file."""
+    from anomaly_zoo.data.views import ImageView
+
+    upright = np.full((24, 40, 3), 40, np.uint8)
+    upright[4:10, 28:36] = 220  # the defect, top right as shown
+    mask = np.zeros((24, 40), np.uint8)
+    mask[4:10, 28:36] = 255
+    (tmp_path / "in").mkdir()
+    Image.fromarray(upright).save(tmp_path / "in" / "upright.png")
+    _with_orientation(tmp_path / "in" / "sideways.png", upright, 6)
+    _with_orientation(tmp_path / "sideways.jpg", upright, 6, quality=100)
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    _with_orientation(tmp_path / "mask_sideways.png", mask, 8)  # a mask may carry its own orientation too
+    assert Image.open(tmp_path / "sideways.jpg").size == (24, 40)  # stored sideways
+    samples = [Sample(str(tmp_path / name), str(tmp_path / m), 1, "c")
+               for name in ("in/upright.png", "in/sideways.png", "sideways.jpg")
+               for m in ("mask.png", "mask_sideways.png")]  # fmt: skip
+    check_split(samples, require_masks=True)  # sizes compared as shown: 40x24 each
+    views = {"big": ImageView(48, "bicubic")}
+    items = [AnomalyImageDataset(samples, [24, 40], views=views)[i] for i in range(len(samples))]
+    for item in items:
+        assert torch.equal(item["mask"], items[0]["mask"])
+        inside = item["image"][:, item["mask"] > 0]
+        assert inside.min() > 0.8 and item["image"][:, item["mask"] == 0].max() < 0.25  # the defect under its mask
+    for item in items[:4]:  # lossless files: the very pixels and views of the upright file
+        assert torch.equal(item["image"], items[0]["image"])
+        assert torch.equal(item["views"]["big"], items[0]["views"]["big"])
+    rows = predict_folder(PixelDeviation(reference=0.0), tmp_path / "in", tmp_path / "out", 24, None, "test")
+    assert [Path(r.path).name for r in rows] == ["sideways.png", "upright.png"] and rows[0].score == rows[1].score
+
+
+def test_images_a_layout_would_leave_out_are_refused_by_name_and_the_project_message_is_shown(synthetic_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "synthetic"
+    shutil.copytree(synthetic_root / "coin", root / "coin")
+    for marker in synthetic_root.glob("*.json"):  # the generator's version record: no regeneration
+        shutil.copy(marker, root / marker.name)
+    good = root / "coin" / "test" / "good"
+    Image.open(good / "000.png").save(good / "000.jpg", quality=95)
+    (good / "000.png").unlink()
+    before = tree_hash(root)
+    proc = run_module("anomaly_zoo.test", *PIXEL, *QUICK, f"dataset.root={root}", f"hydra.run.dir={tmp_path}/r",
+                      expect=1)  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "DatasetLayoutError: dataset=synthetic indexes only .png/.PNG" in errors[0]
+    assert "test/good/000.jpg" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "results.json").exists() and tree_hash(root) == before
+    # a defect image: anomalib's own failure would be a pandas length error naming no file
+    shutil.move(good / "000.jpg", good / "000.png")
+    defect = next(p for p in sorted((root / "coin" / "test").rglob("*.png")) if p.parent.name != "good")
+    Image.open(defect).save(defect.with_suffix(".jpeg"))
+    defect.unlink()
+    from anomaly_zoo.data.registry import get_dataset_info
+    from anomaly_zoo.data.samples import DatasetLayoutError, index_category
+
+    with pytest.raises(DatasetLayoutError, match=f"{defect.parent.name}/{defect.stem}.jpeg"):
+        index_category(get_dataset_info("synthetic"), root, "coin", "test")
+
+
 # ---------------------------------------------------------------- validate before work
 @pytest.mark.parametrize(
     ("override", "named"),
@@ -407,9 +499,62 @@ def test_failed_cells_carry_the_root_cause_on_one_line(tmp_path):
                         "call last):\n  File ...\n"
                         "anomaly_zoo.data.image_dataset.ImageReadError: cannot read y.png")  # fmt: skip
     assert one_line(worker) == "ImageReadError: cannot read y.png"
+    from anomaly_zoo.data.samples import DatasetLayoutError
+
+    try:  # the project's own message, not the library error it explains
+        try:
+            raise ValueError("Must have equal len keys and value when setting with an iterable")
+        except ValueError as inner:
+            raise DatasetLayoutError("cannot index x: a .jpg defect image") from inner
+    except DatasetLayoutError as err:
+        wrapped = RuntimeError("Error in call to target")
+        wrapped.__cause__ = err
+        assert one_line(wrapped) == "DatasetLayoutError: cannot index x: a .jpg defect image"
     record = RunRecord(tmp_path, "m", "d", "failed", "line one\nline | two", {}, {}, {}, label="m")
     table = _markdown("t", [record], lambda r: r.mean)
     assert table.splitlines()[-1].startswith("| m | failed: line one line / two |")
+
+
+def test_dataset_root_that_is_a_file_is_named_by_its_key(compose_cfg, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("not a dataset")
+    for dataset, root, said in (("synthetic", blocker, "is a file, not a folder"),
+                                ("synthetic", blocker / "synthetic", f"is below {blocker}, a file"),
+                                ("mvtec", blocker, "is a file, not a folder")):  # fmt: skip
+        cfg = compose_cfg("train", [f"dataset={dataset}", f"dataset.root={root}"])
+        with pytest.raises(ConfigError) as err:
+            validate_config(cfg)
+        assert str(err.value) == f"dataset.root='{root}': {said} (set dataset.root=/path/to/{dataset})"
+    assert blocker.read_text() == "not a dataset"
+
+
+def test_the_leaderboard_of_a_sweep_with_corrupt_results_has_the_readable_runs_and_names_the_rest(tmp_path):
+    from anomaly_zoo.metrics import METRIC_NAMES
+
+    sweep = tmp_path / "sweep"
+    for n, value in ((0, 0.5), (1, 0.75)):
+        metrics = dict.fromkeys(METRIC_NAMES, value)
+        record = {"method": "m", "dataset": "d", "status": "ok", "config": {"method": {"k": n}},
+                  "categories": {"c": metrics}, "mean": metrics}  # fmt: skip
+        (sweep / str(n)).mkdir(parents=True)
+        (sweep / str(n) / "results.json").write_text(json.dumps(record))
+    (sweep / "2").mkdir()
+    (sweep / "2" / "results.json").write_text((sweep / "0" / "results.json").read_text()[:40])  # cut short
+    (sweep / "3").mkdir()
+    (sweep / "3" / "results.json").write_text("[1, 2]")
+    before = tree_hash(sweep)
+    proc = run_module("anomaly_zoo.leaderboard", str(sweep), f"out={tmp_path}/board")
+    table = (tmp_path / "board" / "leaderboard_d.md").read_text()
+    assert "| m k=0 | ok |" in table and "| m k=1 | ok | **75.0**" in table and "2 runs" in table
+    unreadable = [line for line in proc.stderr.splitlines() if line.startswith("unreadable, left out:")]
+    assert len(unreadable) == 2 and "Traceback" not in proc.stderr
+    assert f"{sweep / '2' / 'results.json'}: JSONDecodeError:" in unreadable[0]
+    assert f"{sweep / '3' / 'results.json'}: ValueError: a JSON list, not a run record" in unreadable[1]
+    assert tree_hash(sweep) == before
+    (sweep / "0" / "results.json").write_text("{")
+    (sweep / "1" / "results.json").write_text("")
+    none = run_module("anomaly_zoo.leaderboard", str(sweep), f"out={tmp_path}/board2", expect=1)
+    assert "error: no readable results.json found under" in none.stderr and none.stderr.count("unreadable,") == 4
 
 
 # ---------------------------------------------------------------- killed runs resume to the same result

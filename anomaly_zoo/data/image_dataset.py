@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
@@ -20,6 +21,10 @@ from anomaly_zoo.data.views import ImageView, render_views, unit_tensor_to_pil
 #: on the 0/255 mask, then every non-zero pixel is defective (the official DIVAD evaluation: torchvision Resize,
 #: then `> 0` in its metric code), which grows defects by about a pixel when downscaling.
 MASK_RESIZES = ("nearest", "bilinear_nonzero")
+
+
+#: File name suffixes the reader accepts (lower case): predict's folder scan, the dataset layout check.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class ImageReadError(ValueError):
@@ -66,10 +71,45 @@ def _sixteen_bit_colour(img: Image.Image) -> bool:
     return False
 
 
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF Orientation tag (1-8; 1: stored as shown) of a just-opened image, read from its header only.
+
+    Read before decoding, so that the test-split check (which never decodes) and the reader agree on every file;
+    a PNG's eXIf chunk counts where it precedes the pixel data (where Pillow and cameras write it).
+    """
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # Pillow's getexif() would decode the whole image to look behind the pixel data
+    try:
+        value = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except (OSError, ValueError, SyntaxError, struct.error):
+        return 1  # a damaged EXIF block: the pixels as stored
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as viewers show a just-opened image: swapped for the EXIF orientations that turn it 90°."""
+    w, h = img.size
+    return (h, w) if exif_orientation(img) >= 5 else (w, h)
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, C) pixels as stored → as shown: the transform EXIF Orientation asks for (Pillow's exif_transpose)."""
+    if orientation >= 5:  # 5-8 mirror about the main diagonal first: transpose, then as 1-4
+        pixels = pixels.transpose(1, 0, 2)
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]
+    if orientation in (2, 3):
+        pixels = pixels[:, ::-1]
+    if orientation in (3, 4):
+        pixels = pixels[::-1]
+    return np.ascontiguousarray(pixels)
+
+
 def _open(path: str | Path, what: str) -> np.ndarray:
+    """The file's pixels as viewers show them: decoded at its bit depth, then turned by its EXIF orientation."""
     try:
         with Image.open(path) as img:
-            return _pixels(img, path)
+            orientation = exif_orientation(img)
+            return _orient(_pixels(img, path), orientation)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise ImageReadError(f"cannot read {what} {path}: {err}. Replace or remove the file.") from err
 

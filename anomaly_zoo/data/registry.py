@@ -20,6 +20,8 @@ class DatasetInfo:
     licence: str
     texture_categories: tuple[str, ...] = field(default_factory=tuple)
     subdir: str = ""  # where anomalib's dataset class looks, relative to `root` (VisA: its converted split)
+    #: The file suffixes anomalib's parser for this layout indexes (exactly, case included); it skips others.
+    extensions: tuple[str, ...] = (".png", ".PNG")
 
 
 def _anomalib_categories(module: str) -> tuple[str, ...]:
@@ -59,6 +61,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
             "https://github.com/amazon-science/spot-diff (dataset.download=true fetches and converts it via anomalib)",
             "CC BY 4.0",
             subdir="visa_pytorch",
+            extensions=(".png", ".jpg", ".JPG"),
         ),
         "btad": lambda: DatasetInfo(
             "btad",
@@ -68,6 +71,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
             "{root}/{01|02|03}/train/ok, test/<ok|ko>, ground_truth/ko (anomalib's BTech layout)",
             "https://avires.dimi.uniud.it/papers/btad/btad.zip (dataset.download=true fetches it via anomalib)",
             "CC BY-SA 4.0",
+            extensions=(".bmp", ".png"),
         ),
         "mpdd": lambda: DatasetInfo(
             "mpdd",

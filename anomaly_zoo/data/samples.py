@@ -44,6 +44,28 @@ def check_category(info: DatasetInfo, root: Path, category: str) -> None:
         )
 
 
+def check_image_formats(info: DatasetInfo, root: Path, category: str, shown: int = 10) -> None:
+    """Refuse images anomalib's parser for the layout would not index, by name, before any work.
+
+    Its MVTec-layout parser indexes `.png` only: a `test/good/000.jpg` would silently drop out of the test split, and
+    a `.jpg` defect image would leave its mask without an image (a pandas length error naming no file).
+    """
+    from anomaly_zoo.data.image_dataset import IMAGE_EXTENSIONS  # the reader's (it imports this module)
+
+    where = root / info.subdir / category
+    skipped = sorted(p for p in where.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                     and p.suffix not in info.extensions and p.is_file())  # fmt: skip
+    if not skipped:
+        return
+    names = ", ".join(str(p.relative_to(where)) for p in skipped[:shown])
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    raise DatasetLayoutError(
+        f"dataset={info.name} indexes only {'/'.join(info.extensions)} files, so {len(skipped)} image(s) in {where} "
+        f"would be left out: {names}{more}. Convert them (e.g. to PNG, masks too), or use dataset=folder, which "
+        "takes dataset.extensions=[...]"
+    )
+
+
 def _is_ascii(path: Path) -> bool:
     return all(" " <= ch <= "~" for ch in str(path.absolute()))
 
@@ -113,6 +135,7 @@ def index_category(info: DatasetInfo, root: Path, category: str, split: str) -> 
     if not root.is_dir():
         raise DatasetLayoutError(_missing_root_message(info, root))
     check_category(info, root, category)
+    check_image_formats(info, root, category)
     frame = _anomalib_samples(info, root, category, split)
     return _samples_from_frame(frame, category)
 

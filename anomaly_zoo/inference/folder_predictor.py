@@ -11,13 +11,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomaly_zoo.data.image_dataset import ImageReadError, load_image, to_model_input
+from anomaly_zoo.data.image_dataset import IMAGE_EXTENSIONS, ImageReadError, load_image, to_model_input
 from anomaly_zoo.methods.base import AnomalyMethod
 from anomaly_zoo.reporting import save_overlay
 from anomaly_zoo.reporting.html_report import write_report
 
 log = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 @dataclass

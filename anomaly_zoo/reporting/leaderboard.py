@@ -30,30 +30,42 @@ class RunRecord:
     protocol: str = "exact"
 
 
-def collect_runs(folders: Iterable[str | Path]) -> list[RunRecord]:
-    runs = []
-    for folder in folders:
-        folder = Path(folder)
+def read_run(path: Path) -> RunRecord:
+    """One results.json as a leaderboard row; a file that is not JSON or not a run record is a ValueError."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not a run record")
+    return RunRecord(
+        path=path,
+        method=data.get("method", "?"),
+        dataset=data.get("dataset", "?"),
+        status=data.get("status", "ok"),
+        error=data.get("error", ""),
+        categories=data.get("categories", {}),
+        mean=data.get("mean", {}),
+        config=data.get("config", {}),
+        flat=flatten(data.get("config", {})),
+        protocol=str((data.get("evaluation") or {}).get("protocol", "exact")),
+    )
+
+
+def collect_runs(folders: Iterable[str | Path], unreadable: list[str] | None = None) -> list[RunRecord]:
+    """Every readable results.json below the folders. One that cannot be read (cut short by a full disk, edited by
+    hand) does not hide the others: it is left out and, when `unreadable` is given, listed there as
+    `<path>: <reason>`."""
+    runs, paths = [], [Path(f) for f in folders]
+    for folder in paths:
         if not folder.exists():
             raise FileNotFoundError(f"{folder}: no such folder")
         for path in sorted(folder.rglob("results.json")):
-            data = json.loads(path.read_text())
-            runs.append(
-                RunRecord(
-                    path=path,
-                    method=data.get("method", "?"),
-                    dataset=data.get("dataset", "?"),
-                    status=data.get("status", "ok"),
-                    error=data.get("error", ""),
-                    categories=data.get("categories", {}),
-                    mean=data.get("mean", {}),
-                    config=data.get("config", {}),
-                    flat=flatten(data.get("config", {})),
-                    protocol=str((data.get("evaluation") or {}).get("protocol", "exact")),
-                )
-            )
+            try:
+                runs.append(read_run(path))
+            except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+                if unreadable is not None:
+                    unreadable.append(f"{path}: {type(err).__name__}: {' '.join(str(err).split())}")
     if not runs:
-        raise FileNotFoundError(f"no results.json found under {', '.join(map(str, folders))}")
+        bad = f" ({len(unreadable)} unreadable)" if unreadable else ""
+        raise FileNotFoundError(f"no readable results.json found under {', '.join(map(str, paths))}{bad}")
     return runs
 
 
