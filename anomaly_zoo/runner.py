@@ -32,8 +32,11 @@ from anomaly_zoo.checkpointing import (
 )
 from anomaly_zoo.errors import one_line
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
+from anomaly_zoo.evaluation.cost import cost_record
+from anomaly_zoo.evaluation.per_image import per_defect
 from anomaly_zoo.evaluation.threshold import DecisionThreshold, recorded_threshold
 from anomaly_zoo.methods.base import AnomalyMethod, CheckpointFormatError
+from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES
 from anomaly_zoo.reporting import metrics_table, save_overlay
 from anomaly_zoo.trainer_setup import apply_method_trainer_arguments, instantiate_callbacks, instantiate_trainer
 from anomaly_zoo.validation import check_split, validate_config
@@ -366,13 +369,18 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     check_split(datamodule.test_dataset.samples, datamodule.require_masks)  # before hours of training
     auto_resume = claim_run_folder(cfg, key, fit)  # after the checks: a refused config leaves no record behind
     out = output_dir(cfg)  # existing_folder=version may have moved the run
-    collector = EvaluationCollector(evaluation_protocol(cfg))
+    collector = EvaluationCollector(
+        evaluation_protocol(cfg), int(cfg.eval.get("bootstrap_resamples", DEFAULT_RESAMPLES)), int(cfg.seed)
+    )
+    threshold_callback: DecisionThreshold | None = None
+    checkpoint: dict[str, Any] | None = None
+    fit_s: float | None = None
     callbacks: list = [collector]
     if fit and method.requires_training:
         every = int(cfg.get("checkpoint", {}).get("every_n_epochs", 1))
         validation = datamodule.val_dataloader if datamodule.val_dataset else None
-        callbacks += [DecisionThreshold(validation, cfg.eval.threshold_false_alarm_rate),
-                      *checkpoint_callbacks(out / "checkpoints", datamodule, every),
+        threshold_callback = DecisionThreshold(validation, cfg.eval.threshold_false_alarm_rate)
+        callbacks += [threshold_callback, *checkpoint_callbacks(out / "checkpoints", datamodule, every),
                       RecordModel(model_metadata(cfg, datamodule))]  # fmt: skip
     trainer = build_trainer(cfg, method, out, callbacks)
 
@@ -388,21 +396,26 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
         if resume:  # resume: weights, optimizer, scheduler, epoch and the method's RNG state
             check_model_matches(method_name(cfg), read_checkpoint(resume), resume)  # clear errors first
         method.setup_fit(datamodule.training_data())
+        fit_start = time.perf_counter()
         try:
             trainer.fit(method, datamodule=datamodule, ckpt_path=resume and str(resume), weights_only=True)
         except SIGTERMException:
             _stopped_by_signal(out)
+        fit_s = time.perf_counter() - fit_start
     elif cfg.get("ckpt_path"):
-        load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg))
+        checkpoint = load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg))
     elif method.requires_training:
         raise ValueError(
             f"method {method_name(cfg)} must be trained: run anomaly_zoo.train, "
             "or pass ckpt_path=/path/to/checkpoint.ckpt to anomaly_zoo.test"
         )
     method.setup_test(datamodule.test_context())
+    test_start = time.perf_counter()
     trainer.test(method, datamodule=datamodule)
+    test_s = time.perf_counter() - test_start
     if not trainer.is_global_zero:
         return {}
+    threshold = threshold_callback.record if threshold_callback else (checkpoint and recorded_threshold(checkpoint))
 
     runtime = time.perf_counter() - start
     resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # a DictConfig: a dict
@@ -421,6 +434,11 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
             "protocol": cfg.dataset.protocol,
             "evaluation": collector.protocol.record(),
             "eval_size": list(datamodule.test_dataset.size),
+            "cost": cost_record(method, trainer, fit_s, test_s, len(collector.images.get("score", []))),
+            "intervals": collector.intervals,
+            "decision_threshold": threshold or None,
+            "per_defect": per_defect(collector.images, threshold["value"] if threshold else None),
+            "images": collector.images,
             **method.result_metadata(),
         },
     )

@@ -28,7 +28,9 @@ from anomaly_zoo.data.image_dataset import AnomalyImageDataset, load_image
 from anomaly_zoo.data.samples import Sample, index_folder
 from anomaly_zoo.errors import one_line
 from anomaly_zoo.inference.folder_predictor import predict_folder
-from anomaly_zoo.reporting.leaderboard import RunRecord, _markdown
+from anomaly_zoo.reporting.leaderboard import RunRecord
+from anomaly_zoo.reporting.leaderboard_formats import metric_table
+from anomaly_zoo.reporting.rows import Row
 from anomaly_zoo.runner import RunFolderError, read_checkpoint, run, run_job
 from anomaly_zoo.validation import ConfigError, DataValidationError, check_split, validate_config
 from tests.helpers.cli import OFFLINE_ENV, ROOT, run_module
@@ -511,7 +513,7 @@ def test_failed_cells_carry_the_root_cause_on_one_line(tmp_path):
         wrapped.__cause__ = err
         assert one_line(wrapped) == "DatasetLayoutError: cannot index x: a .jpg defect image"
     record = RunRecord(tmp_path, "m", "d", "failed", "line one\nline | two", {}, {}, {}, label="m")
-    table = _markdown("t", [record], lambda r: r.mean)
+    table = metric_table("t", [Row([record])], None)
     assert table.splitlines()[-1].startswith("| m | failed: line one line / two |")
 
 

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from anomaly_zoo.evaluation.per_image import image_table
 from anomaly_zoo.methods.components import upsample_maps
 from anomaly_zoo.metrics import compute_category_metrics
+from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES, image_intervals
 from anomaly_zoo.metrics.protocols import get_protocol
 
 log = logging.getLogger(__name__)
@@ -53,15 +55,37 @@ class PredictionBuffer:
         self.filled[index] = True
 
 
+#: Below this many normal or defective test images in a category its bootstrap intervals say little (warned).
+SMALL_STRATUM = 5
+
+
+def _warn_small_strata(categories: list[str], labels: np.ndarray) -> None:
+    cats = np.asarray(categories)
+    small = [f"{c} ({int((cats == c).sum() - labels[cats == c].sum())} normal, {int(labels[cats == c].sum())} "
+             "defective)" for c in dict.fromkeys(categories)
+             if min(labels[cats == c].sum(), (cats == c).sum() - labels[cats == c].sum()) < SMALL_STRATUM]  # fmt: skip
+    if small:
+        log.warning("bootstrap intervals of %s rest on fewer than %d normal or defective test images: wide or "
+                    "undefined (null)", ", ".join(small), SMALL_STRATUM)  # fmt: skip
+
+
+def _scored(buf: PredictionBuffer) -> np.ndarray:
+    return np.flatnonzero(buf.filled)
+
+
 class EvaluationCollector(Callback):
     """Gathers `MethodOutput`s during `trainer.test` and computes per-category metrics at the end, the way
     `protocol` says (`anomaly_zoo.metrics.protocols`: exact, or an official evaluation's)."""
 
-    def __init__(self, protocol: str = "exact") -> None:
+    def __init__(self, protocol: str = "exact", bootstrap_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> None:
         self.protocol = get_protocol(protocol)
+        self.bootstrap_resamples, self.seed = int(bootstrap_resamples), int(seed)
         self.buffer: PredictionBuffer | None = None
         self.per_category: dict[str, dict[str, float]] = {}
         self.mean: dict[str, float] = {}
+        #: per scored test image (results.json `images`) and the image metrics' bootstrap intervals (`intervals`)
+        self.images: dict[str, list] = {}
+        self.intervals: dict | None = None
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Lightning attaches `datamodule` to the trainer at run time; the Trainer class does not declare it.
@@ -113,6 +137,7 @@ class EvaluationCollector(Callback):
                 f"{int((~buf.filled).sum())} of {buf.filled.size} test images got no prediction; "
                 "metrics need the whole test split"
             )
+        self._per_image(trainer.datamodule, samples, labels, categories)  # type: ignore[attr-defined]
         if trainer.logger is not None:
             flat = {f"test/{k}": v for k, v in self.mean.items() if not math.isnan(v)}
             flat.update(
@@ -124,3 +149,18 @@ class EvaluationCollector(Callback):
                 }
             )
             trainer.logger.log_metrics(flat, step=trainer.global_step)
+
+    def _per_image(self, datamodule, samples, labels: np.ndarray, categories: list[str]) -> None:
+        """The per-image table and the image metrics' bootstrap intervals, with the labels the protocol used."""
+        buf = self.buffer
+        assert buf is not None
+        done = _scored(buf)
+        if self.protocol.labels_from_masks:
+            labels = buf.masks.reshape(len(buf.masks), -1).any(1).astype(int)
+        scores, labels_done = buf.scores[done], labels[done]
+        cats = [categories[i] for i in done]
+        self.images = image_table([samples[i] for i in done], scores, labels_done, getattr(datamodule, "root", None))
+        if self.bootstrap_resamples > 0:
+            _warn_small_strata(cats, labels_done)
+            self.intervals = image_intervals(scores, labels_done, cats, self.bootstrap_resamples, self.seed,
+                                             flip_auroc=self.protocol.flip_auroc)  # fmt: skip

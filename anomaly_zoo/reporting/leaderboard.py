@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +10,16 @@ from typing import Any
 
 from anomaly_zoo.config_keys import flatten, is_result_neutral, result_relevant
 from anomaly_zoo.metrics import METRIC_NAMES
+from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES
+from anomaly_zoo.reporting.leaderboard_formats import (
+    cost_table,
+    defect_table,
+    legend,
+    metric_table,
+    write_rows_csv,
+    write_runs_csv,
+)
+from anomaly_zoo.reporting.rows import group_rows, is_seed_key, mark_ties
 
 
 @dataclass
@@ -28,6 +36,11 @@ class RunRecord:
     flat: dict[str, Any] = field(default_factory=dict)
     #: the evaluation protocol its numbers come from (results.json `evaluation.protocol`; older files: exact)
     protocol: str = "exact"
+    #: results.json's per-image table, image-metric intervals, cost and per-defect view (older files: empty)
+    images: dict[str, list] = field(default_factory=dict)
+    intervals: dict[str, Any] | None = None
+    cost: dict[str, Any] = field(default_factory=dict)
+    per_defect: dict[str, Any] = field(default_factory=dict)
 
 
 def read_run(path: Path) -> RunRecord:
@@ -46,6 +59,10 @@ def read_run(path: Path) -> RunRecord:
         config=data.get("config", {}),
         flat=flatten(data.get("config", {})),
         protocol=str((data.get("evaluation") or {}).get("protocol", "exact")),
+        images=data.get("images") or {},
+        intervals=data.get("intervals"),
+        cost=data.get("cost") or {},
+        per_defect=data.get("per_defect") or {},
     )
 
 
@@ -81,8 +98,9 @@ def label_runs(runs: list[RunRecord]) -> None:
         return len({json.dumps(r.flat.get(key), default=str) for r in group}) > 1
 
     # the keys that tell runs apart are the ones that can change results (the same rule as run skipping)
+    # (seeds are not part of a label: runs that differ only in them are one row, rows.py)
     keys = sorted({k for r in runs for k in (result_relevant(r.config) if r.config else r.flat)
-                   if not is_result_neutral(k, r.flat.get("task_name"))})  # fmt: skip
+                   if not is_result_neutral(k, r.flat.get("task_name")) and not is_seed_key(k)})  # fmt: skip
     shared = [k for k in keys if not k.startswith("method.") and varies(runs, k)]
     for method in {r.method for r in runs}:
         group = [r for r in runs if r.method == method]
@@ -90,36 +108,6 @@ def label_runs(runs: list[RunRecord]) -> None:
         for r in group:
             parts = [f"{k.removeprefix('method.')}={r.flat[k]}" for k in own + shared if r.flat.get(k) is not None]
             r.label = " ".join([r.method, *[p for p in parts if not p.startswith("name=")]])
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
-def _best(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return max(present) if present else None
-
-
-def _cell(text: str, limit: int = 160) -> str:
-    """One Markdown table cell: one line, no column separators (older results.json hold multi-line errors)."""
-    line = " ".join(str(text).split()).replace("|", "/")
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _markdown(title: str, runs: list[RunRecord], rows_of: Any) -> str:
-    header = "| run | status | " + " | ".join(METRIC_NAMES) + " |"
-    lines = [f"### {title}", "", header, "|---|---|" + "---:|" * len(METRIC_NAMES)]
-    best = {m: _best([rows_of(r).get(m) for r in runs if r.status == "ok"]) for m in METRIC_NAMES}
-    for r in runs:
-        cells = []
-        for m in METRIC_NAMES:
-            v = rows_of(r).get(m)
-            text = _fmt(v)
-            cells.append(f"**{text}**" if v is not None and v == best[m] and r.status == "ok" else text)
-        status = r.status if r.status == "ok" else f"failed: {_cell(r.error)}"
-        lines.append(f"| {r.label} | {status} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def tables(runs: list[RunRecord]) -> list[tuple[str, str, list[RunRecord]]]:
@@ -148,31 +136,32 @@ def _protocol_line(protocol: str) -> str:
 
 
 def write_leaderboards(runs: list[RunRecord], out_dir: str | Path) -> list[Path]:
-    """One Markdown and one CSV file per dataset and evaluation protocol; best value per column in bold."""
+    """Per dataset and evaluation protocol: a Markdown file (means, per category, cost, per defect type) and two CSVs
+    (one line per run and seed; one per row with spreads, intervals and tie marks). Runs that differ only in their
+    seed are one row."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for dataset, protocol, group in tables(runs):
         label_runs(group)
+        rows = group_rows(group)
+        resamples = max((int((r.intervals or {}).get("resamples", 0)) for r in group), default=0) or DEFAULT_RESAMPLES
+        mark_ties(rows, resamples)
         categories = list(dict.fromkeys(c for r in group for c in r.categories))
-        md = [f"# Leaderboard: {dataset}", "", f"{len(group)} runs; values in %, best per column in bold.",
-              _protocol_line(protocol), ""]  # fmt: skip
-        md.append(_markdown("mean over categories", group, lambda r: r.mean))
+        md = [f"# Leaderboard: {dataset}", "", f"{len(group)} runs in {len(rows)} rows. {legend(resamples)}",
+              _protocol_line(protocol), "", metric_table("mean over categories", rows, None), "",
+              cost_table(rows)]  # fmt: skip
         for c in categories:
-            md += ["", _markdown(c, group, lambda r, c=c: r.categories.get(c, {}))]
-        md_path = out / f"{table_name(dataset, protocol)}.md"
+            md += ["", metric_table(c, rows, c)]
+        for c in categories:
+            if (table := defect_table(rows, c)) is not None:
+                md += ["", table]
+        name = table_name(dataset, protocol)
+        md_path, csv_path, rows_path = out / f"{name}.md", out / f"{name}.csv", out / f"{name}_rows.csv"
         md_path.write_text("\n".join(md) + "\n")
-        csv_path = out / f"{table_name(dataset, protocol)}.csv"
-        with csv_path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            columns = [f"mean/{m}" for m in METRIC_NAMES] + [f"{c}/{m}" for c in categories for m in METRIC_NAMES]
-            writer.writerow(["run", "method", "status", "error", "results", "protocol", *columns])
-            for r in group:
-                values = [r.mean.get(m) for m in METRIC_NAMES]
-                values += [r.categories.get(c, {}).get(m) for c in categories for m in METRIC_NAMES]
-                writer.writerow([r.label, r.method, r.status, r.error, str(r.path), r.protocol,
-                                 *["" if v is None else v for v in values]])  # fmt: skip
-        written += [md_path, csv_path]
+        write_runs_csv(csv_path, rows, categories)
+        write_rows_csv(rows_path, rows)
+        written += [md_path, csv_path, rows_path]
     return written
 
 
@@ -184,12 +173,16 @@ def log_to_wandb(runs: list[RunRecord], project: str, entity: str | None, out_di
     for dataset, protocol, group in tables(runs):
         label_runs(group)
         name = table_name(dataset, protocol).removeprefix("leaderboard_")  # <dataset>[_<protocol>]
-        table = wandb.Table(columns=["run", "method", "status", "protocol", *METRIC_NAMES])
-        for r in group:
-            table.add_data(r.label, r.method, r.status, r.protocol, *[r.mean.get(m) for m in METRIC_NAMES])
+        rows = group_rows(group)  # runs that differ only in the seed: one row, mean and std over the seeds
+        columns: list[str | int] = ["run", "method", "status", "protocol", "seeds", *METRIC_NAMES,
+                                    *[f"{m} std" for m in METRIC_NAMES]]  # fmt: skip
+        table = wandb.Table(columns=columns)
+        for row in rows:
+            table.add_data(row.label, row.first.method, row.status, row.first.protocol, len(row.runs),
+                           *[row.mean(m) for m in METRIC_NAMES], *[row.std(m) for m in METRIC_NAMES])  # fmt: skip
         run.log({f"leaderboard/{name}": table})
         for m in METRIC_NAMES:
-            best = _best([r.mean.get(m) for r in group if r.status == "ok"])
+            best = max((v for v in (r.mean(m) for r in rows if r.status == "ok") if v is not None), default=None)
             if best is not None:
                 run.summary[f"{name}/best/{m}"] = best
     run_dir = run.dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from omegaconf import open_dict
@@ -79,7 +80,8 @@ def test_leaderboards_never_put_two_protocols_in_one_column(two_runs, tmp_path):
     root, res = two_runs
     written = {p.name for p in write_leaderboards(collect_runs([root]), tmp_path)}
     official = "leaderboard_synthetic_divad_official"
-    assert written == {"leaderboard_synthetic.md", "leaderboard_synthetic.csv", f"{official}.md", f"{official}.csv"}
+    assert written == {f"{name}{suffix}" for name in ("leaderboard_synthetic", official)
+                       for suffix in (".md", ".csv", "_rows.csv")}  # fmt: skip
     for name, protocol in (("leaderboard_synthetic", "exact"), (official, "divad_official")):
         rows = list(csv.DictReader((tmp_path / f"{name}.csv").open()))
         assert [r["protocol"] for r in rows] == [protocol]
@@ -142,3 +144,55 @@ def test_bad_references_name_the_file_and_the_line(two_runs, tmp_path, capsys):
     with pytest.raises(KeyError, match="row='visa' is not a row"):
         comparison(read_paper_csv(paper), read_results(root / "exact"), "visa")
     assert "| mean | 95.0 / " in comparison(read_paper_csv(paper), read_results(root / "exact"), "mvtec")
+
+
+def test_results_json_keeps_images_intervals_cost_and_defect_types(two_runs):
+    """Per image (path below the dataset root, category, label, defect type, score), the image metrics' bootstrap
+    intervals around the reported values, the run's cost, and the per-defect view (a hand computation)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    _, res = two_runs
+    run = res["exact"]
+    images = run["images"]
+    root = Path(run["config"]["dataset"]["root"])
+    on_disk = [p for c in ("logo", "coin", "brick") for p in (root / c / "test").rglob("*.png")]
+    assert len(images["path"]) == run["cost"]["test_images"] == len(on_disk)
+    assert all(not p.startswith("/") and p.split("/")[1] == "test" for p in images["path"])
+    assert set(images["defect"]) == {p.parent.name for p in on_disk}  # the test sub-folders
+    assert {"good", "scratch", "stain"} <= set(images["defect"])
+    scores, labels = np.array(images["score"]), np.array(images["label"])
+    cats, defects = np.array(images["category"]), np.array(images["defect"])
+    for category, row in run["categories"].items():
+        chosen = cats == category
+        assert roc_auc_score(labels[chosen], scores[chosen]) == pytest.approx(row["I-AUROC"], abs=1e-12)
+        low, high = run["intervals"]["categories"][category]["I-AUROC"]
+        assert low <= row["I-AUROC"] <= high and high - low > 0
+        for defect, entry in run["per_defect"][category]["defects"].items():
+            pick = chosen & ((defects == defect) | (labels == 0))
+            assert entry["I-AUROC"] == pytest.approx(roc_auc_score(labels[pick], scores[pick]), abs=1e-12)
+            assert entry["images"] == int((chosen & (defects == defect)).sum())
+    assert run["intervals"]["resamples"] == 1000 and run["intervals"]["mean"]["I-AP"][0] <= run["mean"]["I-AP"]
+    cost = run["cost"]
+    assert cost["fit_s"] is None and cost["test_s"] > 0 and cost["parameters_total"] == 0  # a parameter-free method
+    assert cost["test_images_per_s"] == pytest.approx(cost["test_images"] / cost["test_s"], rel=1e-3)
+    assert cost["peak_host_memory_bytes"] > 100 * 2**20 and cost["device"] == "cpu"
+    assert run["decision_threshold"] is None and "recall" not in run["per_defect"]["logo"]["defects"]["scratch"]
+
+
+def test_a_fitted_run_records_its_threshold_and_each_defect_types_recall(compose_cfg):
+    """The decision threshold picked on validation normals: per defect type the share of its images above it, and
+    the false-alarm rate it gives on the test normals (hand-computed from the per-image scores)."""
+    import numpy as np
+
+    cfg = compose_cfg("train", ["dataset.categories=[brick]", "dataset.image_size=64", "method.bank_size=256",
+                                "dataset.val_ratio=0.3", "eval.heatmaps_per_category=0"])  # fmt: skip
+    res = json.loads(Path(run(cfg, fit=True)["results_path"]).read_text())
+    threshold = res["decision_threshold"]["value"]
+    scores, labels = np.array(res["images"]["score"]), np.array(res["images"]["label"])
+    defects = np.array(res["images"]["defect"])
+    view = res["per_defect"]["brick"]
+    assert view["false_alarm_rate"] == pytest.approx(np.mean(scores[labels == 0] > threshold))
+    for defect, entry in view["defects"].items():
+        assert entry["recall"] == pytest.approx(np.mean(scores[defects == defect] > threshold))
+    assert res["cost"]["fit_s"] > 0 and res["cost"]["parameters_total"] > res["cost"]["parameters_trainable"] >= 0
