@@ -73,6 +73,18 @@ def config_key(config: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(result_relevant(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def is_seed_key(key: str) -> bool:
+    """`seed` and every `<group>.seed` (dataset.seed, method.seed: interpolations of `seed`)."""
+    return key == "seed" or key.endswith(".seed")
+
+
+def seedless_key(config: dict[str, Any]) -> str:
+    """`config_key` without the seed keys: runs that differ only in their seed share it (one leaderboard row, one
+    W&B group)."""
+    relevant = {k: v for k, v in result_relevant(config).items() if not is_seed_key(k)}
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def differing_keys(before: dict[str, Any], after: dict[str, Any], limit: int = 8) -> list[str]:
     """'key: old → new' for the result-relevant keys two resolved configs disagree on (at most `limit`)."""
     a, b = result_relevant(before), result_relevant(after)

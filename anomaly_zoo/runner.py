@@ -146,7 +146,12 @@ def build_trainer(cfg: DictConfig, method: AnomalyMethod, out: Path, callbacks: 
     silence_expected_warnings(method)
     trainer_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.trainer, resolve=True))
     apply_method_trainer_arguments(trainer_cfg, method.trainer_arguments, method_name(cfg))
-    logger: Any = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False  # a Lightning logger or False
+    logger_cfg = cfg.get("logger")
+    extra: dict[str, Any] = {}
+    if logger_cfg and str(logger_cfg.get("_target_", "")).endswith("WandbLogger") and not logger_cfg.get("group"):
+        # runs that differ only in their seed: one W&B group (the leaderboard's row)
+        extra["group"] = config_keys.seedless_key(resolved_config(cfg))
+    logger: Any = hydra.utils.instantiate(logger_cfg, **extra) if logger_cfg else False  # a Lightning logger or False
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the resolved config, once
     group = cfg.get("callbacks")

@@ -126,3 +126,53 @@ def test_older_results_without_images_intervals_or_cost_still_load(tmp_path):
     rows = {r["method"]: r for r in csv.DictReader((tmp_path / "leaderboard_toy_rows.csv").open())}
     assert rows["other"]["mean/I-AUROC low"] == "" and rows["other"]["mean/I-AUROC tied with best"] == ""
     assert "| old | ok | **90.0** |" in (tmp_path / "leaderboard_toy.md").read_text()
+
+
+CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
+
+
+def _with_heatmaps(board: Path) -> None:
+    from PIL import Image
+
+    for run in ("single", "weak"):
+        (board / run / "heatmaps").mkdir()
+        for i in range(4):  # more than the page shows
+            Image.new("RGB", (32, 16), (40 * i, 90, 160)).save(board / run / "heatmaps" / f"a_{i}.png")
+
+
+def test_html_pages_hold_every_row_category_and_thumbnail(board, tmp_path):
+    _with_heatmaps(board)
+    main([str(board), f"out={tmp_path}"])
+    page = (tmp_path / "leaderboard_toy.html").read_text()
+    assert page.count("<tr class='ok'>") == 4 and "leaderboard_toy_a.html" in page and "leaderboard_toy_b.html" in page
+    assert page.count("class='thumb'") == 2 * 3 and "runs/single/heatmaps/a_0.png" in page
+    weak = json.loads((board / "weak" / "results.json").read_text())
+    low, high = weak["intervals"]["mean"]["I-AUROC"]
+    assert f"[{100 * low:.1f}, {100 * high:.1f}]" in page and "peak host memory bytes" in page
+    assert (tmp_path / "leaderboard_toy_b.html").read_text().count("<tr class='ok'>") == 4
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+def test_html_leaderboard_sorts_and_loads_its_thumbnails_in_headless_chromium(board, tmp_path):
+    import re
+    import subprocess
+
+    _with_heatmaps(board)
+    main([str(board), f"out={tmp_path}"])
+    url = (tmp_path / "leaderboard_toy.html").as_uri() + "#sort=I-AP"
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=10000", "--enable-logging=stderr", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    assert 'data-images-loaded="6/6"' in dom and 'data-sorted="I-AP desc"' in dom, dom[-1500:]
+    table = dom[dom.index("<tbody>") : dom.index("</tbody>")]
+    order = re.findall(r"<tr class=\"ok\"><td data-value=\"([^\"]+)\"", table)
+    runs = collect_runs([board])
+    label_runs(runs)
+    by_ap = sorted(group_rows(runs), key=lambda r: -(r.mean("I-AP") or 0))
+    assert order == [r.label for r in by_ap]
+    assert "Uncaught" not in proc.stderr

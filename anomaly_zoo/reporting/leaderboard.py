@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anomaly_zoo.config_keys import flatten, is_result_neutral, result_relevant
+from anomaly_zoo.config_keys import flatten, is_result_neutral, is_seed_key, result_relevant
 from anomaly_zoo.metrics import METRIC_NAMES
-from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES
+from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES, IMAGE_METRICS
 from anomaly_zoo.reporting.leaderboard_formats import (
     cost_table,
     defect_table,
@@ -19,7 +19,8 @@ from anomaly_zoo.reporting.leaderboard_formats import (
     write_rows_csv,
     write_runs_csv,
 )
-from anomaly_zoo.reporting.rows import group_rows, is_seed_key, mark_ties
+from anomaly_zoo.reporting.leaderboard_html import write_html
+from anomaly_zoo.reporting.rows import group_rows, mark_ties
 
 
 @dataclass
@@ -136,9 +137,9 @@ def _protocol_line(protocol: str) -> str:
 
 
 def write_leaderboards(runs: list[RunRecord], out_dir: str | Path) -> list[Path]:
-    """Per dataset and evaluation protocol: a Markdown file (means, per category, cost, per defect type) and two CSVs
-    (one line per run and seed; one per row with spreads, intervals and tie marks). Runs that differ only in their
-    seed are one row."""
+    """Per dataset and evaluation protocol: a Markdown file (means, per category, cost, per defect type), two CSVs
+    (one line per run and seed; one per row with spreads, intervals and tie marks) and an HTML page (sortable, with
+    heatmap thumbnails) plus one HTML page per category. Runs that differ only in their seed are one row."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -161,7 +162,9 @@ def write_leaderboards(runs: list[RunRecord], out_dir: str | Path) -> list[Path]
         md_path.write_text("\n".join(md) + "\n")
         write_runs_csv(csv_path, rows, categories)
         write_rows_csv(rows_path, rows)
-        written += [md_path, csv_path, rows_path]
+        intro = [f"{len(group)} runs in {len(rows)} rows. {legend(resamples)}", _protocol_line(protocol)]
+        pages = write_html(out / f"{name}.html", f"Leaderboard: {dataset}", intro, rows, categories)
+        written += [md_path, csv_path, rows_path, *pages]
     return written
 
 
@@ -175,11 +178,16 @@ def log_to_wandb(runs: list[RunRecord], project: str, entity: str | None, out_di
         name = table_name(dataset, protocol).removeprefix("leaderboard_")  # <dataset>[_<protocol>]
         rows = group_rows(group)  # runs that differ only in the seed: one row, mean and std over the seeds
         columns: list[str | int] = ["run", "method", "status", "protocol", "seeds", *METRIC_NAMES,
-                                    *[f"{m} std" for m in METRIC_NAMES]]  # fmt: skip
+                                    *[f"{m} std" for m in METRIC_NAMES], *[f"{m} {e}" for m in IMAGE_METRICS
+                                                                           for e in ("low", "high")]]  # fmt: skip
         table = wandb.Table(columns=columns)
         for row in rows:
+            bounds: list[float | None] = []
+            for m in IMAGE_METRICS:
+                bounds += row.interval(m) or [None, None]
+            means, stds = [row.mean(m) for m in METRIC_NAMES], [row.std(m) for m in METRIC_NAMES]
             table.add_data(row.label, row.first.method, row.status, row.first.protocol, len(row.runs),
-                           *[row.mean(m) for m in METRIC_NAMES], *[row.std(m) for m in METRIC_NAMES])  # fmt: skip
+                           *means, *stds, *bounds)  # fmt: skip
         run.log({f"leaderboard/{name}": table})
         for m in METRIC_NAMES:
             best = max((v for v in (r.mean(m) for r in rows if r.status == "ok") if v is not None), default=None)

@@ -16,16 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_zoo.config_keys import result_relevant
+from anomaly_zoo.config_keys import is_seed_key, seedless_key
 from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES, IMAGE_METRICS, delong_p, paired_bootstrap_p
 
 #: the level below which a difference to the best row counts as significant
 ALPHA = 0.05
-
-
-def is_seed_key(key: str) -> bool:
-    """`seed` and every `<group>.seed` (dataset.seed, method.seed: interpolations of `seed`)."""
-    return key == "seed" or key.endswith(".seed")
 
 
 @dataclass
@@ -83,9 +78,9 @@ def group_rows(runs: list[Any]) -> list[Row]:
         if run.status != "ok":
             groups[f"failed:{i}"] = [run]
             continue
-        relevant = {k: v for k, v in (result_relevant(run.config) if run.config else run.flat).items()
-                    if not is_seed_key(k)}  # fmt: skip
-        key = json.dumps([run.method, run.dataset, run.protocol, relevant], sort_keys=True, default=str)
+        config = seedless_key(run.config) if run.config else json.dumps(
+            {k: v for k, v in run.flat.items() if not is_seed_key(k)}, sort_keys=True, default=str)  # fmt: skip
+        key = json.dumps([run.method, run.dataset, run.protocol, config])
         groups.setdefault(key, []).append(run)
     rows = [Row(sorted(members, key=lambda r: str(r.flat.get("seed")))) for members in groups.values()]
     return rows

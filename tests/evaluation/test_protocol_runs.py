@@ -80,8 +80,8 @@ def test_leaderboards_never_put_two_protocols_in_one_column(two_runs, tmp_path):
     root, res = two_runs
     written = {p.name for p in write_leaderboards(collect_runs([root]), tmp_path)}
     official = "leaderboard_synthetic_divad_official"
-    assert written == {f"{name}{suffix}" for name in ("leaderboard_synthetic", official)
-                       for suffix in (".md", ".csv", "_rows.csv")}  # fmt: skip
+    suffixes = (".md", ".csv", "_rows.csv", ".html", "_logo.html", "_coin.html", "_brick.html")
+    assert written == {f"{name}{suffix}" for name in ("leaderboard_synthetic", official) for suffix in suffixes}
     for name, protocol in (("leaderboard_synthetic", "exact"), (official, "divad_official")):
         rows = list(csv.DictReader((tmp_path / f"{name}.csv").open()))
         assert [r["protocol"] for r in rows] == [protocol]
