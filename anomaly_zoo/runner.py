@@ -375,8 +375,9 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     auto_resume = claim_run_folder(cfg, key, fit)  # after the checks: a refused config leaves no record behind
     out = output_dir(cfg)  # existing_folder=version may have moved the run
     collector = EvaluationCollector(
-        evaluation_protocol(cfg), int(cfg.eval.get("bootstrap_resamples", DEFAULT_RESAMPLES)), int(cfg.seed)
-    )
+        evaluation_protocol(cfg), int(cfg.eval.get("bootstrap_resamples", DEFAULT_RESAMPLES)), int(cfg.seed),
+        int(cfg.eval.get("pixel_bootstrap_resamples", 0)),
+    )  # fmt: skip
     threshold_callback: DecisionThreshold | None = None
     checkpoint: dict[str, Any] | None = None
     fit_s: float | None = None

@@ -156,8 +156,9 @@ def validate_config(cfg: DictConfig) -> None:
            lambda v: _is_int(v) and v >= 1, "an integer >= 1")  # fmt: skip
     _check(errors, "eval.heatmaps_per_category", cfg.eval.get("heatmaps_per_category"),
            lambda v: _is_int(v) and v >= 0, "an integer >= 0")  # fmt: skip
-    _check(errors, "eval.bootstrap_resamples", cfg.eval.get("bootstrap_resamples", 0),
-           lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no intervals)")  # fmt: skip
+    for key in ("bootstrap_resamples", "pixel_bootstrap_resamples"):
+        _check(errors, f"eval.{key}", cfg.eval.get(key, 0), lambda v: _is_int(v) and v >= 0,
+               "an integer >= 0 (0: no intervals)")  # fmt: skip
     _check(errors, "eval.threshold_false_alarm_rate", cfg.eval.get("threshold_false_alarm_rate"),
            lambda v: 0.0 <= float(v) < 1.0, "in [0, 1)")  # fmt: skip
     protocol = (cfg.get("evaluation") or {}).get("protocol", "exact")

@@ -77,9 +77,13 @@ class EvaluationCollector(Callback):
     """Gathers `MethodOutput`s during `trainer.test` and computes per-category metrics at the end, the way
     `protocol` says (`anomaly_zoo.metrics.protocols`: exact, or an official evaluation's)."""
 
-    def __init__(self, protocol: str = "exact", bootstrap_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> None:
+    def __init__(
+        self, protocol: str = "exact", bootstrap_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+        pixel_bootstrap_resamples: int = 0,
+    ) -> None:  # fmt: skip
         self.protocol = get_protocol(protocol)
         self.bootstrap_resamples, self.seed = int(bootstrap_resamples), int(seed)
+        self.pixel_bootstrap_resamples = int(pixel_bootstrap_resamples)
         self.buffer: PredictionBuffer | None = None
         self.per_category: dict[str, dict[str, float]] = {}
         self.mean: dict[str, float] = {}
@@ -164,3 +168,10 @@ class EvaluationCollector(Callback):
             _warn_small_strata(cats, labels_done)
             self.intervals = image_intervals(scores, labels_done, cats, self.bootstrap_resamples, self.seed,
                                              flip_auroc=self.protocol.flip_auroc)  # fmt: skip
+        if self.pixel_bootstrap_resamples > 0 and self.intervals is not None:
+            from anomaly_zoo.metrics.pixel_bootstrap import add_pixel_intervals
+
+            log.info("pixel-level bootstrap: %d resamples", self.pixel_bootstrap_resamples)
+            add_pixel_intervals(self.intervals, buf.maps[done], buf.masks[done], labels_done, cats,
+                                self.pixel_bootstrap_resamples, self.seed, flip_auroc=self.protocol.flip_auroc,
+                                pro=not self.protocol.binned_pro)  # fmt: skip

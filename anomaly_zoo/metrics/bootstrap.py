@@ -6,7 +6,7 @@ resample is a vector of counts, and every metric is computed from the scores sor
 (`weighted_image_metrics`: group sums of the counts over the distinct score values, then cumulative sums). With
 integer counts the values equal scikit-learn's on the explicitly resampled data (tests check it to 1e-9).
 
-Pixel-level intervals (a resample reweights every pixel of an image) are not computed here yet.
+Pixel-level intervals: `pixel_bootstrap.py` (`eval.pixel_bootstrap_resamples`).
 """
 
 from __future__ import annotations
