@@ -1,10 +1,12 @@
-"""Hydra callbacks (conf/hydra/default.yaml): a multirun ends with a table of its failed runs and a non-zero exit."""
+"""Hydra callbacks (conf/hydra/default.yaml): the output folder is checked before Hydra makes it; a multirun ends
+with a table of its failed runs and a non-zero exit."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,39 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from anomaly_zoo.errors import FAILED_DIR
+
+
+def folder_problem(folder: str | Path) -> str | None:
+    """Why `folder` cannot be created or written to (None: it can), found by trying: a probe file that never gets a
+    name (O_TMPFILE where the system has it) in the folder, or where it would be created."""
+    folder = Path(folder).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return "it is a file, not a folder" if existing == folder else f"{existing} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        return f"{existing} cannot be written ({err.strerror or err})"
+    return None
+
+
+class OutputFolderCheck(Callback):
+    """Hydra makes the run folder and opens its job log before any project code runs, so an unwritable folder
+    (below a file, on a read-only mount, without permission) would end in Hydra's traceback; say it in one line."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _require_writable("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _require_writable("hydra.sweep.dir", config.hydra.sweep.dir)
+
+
+def _require_writable(key: str, folder: str) -> None:
+    problem = folder_problem(folder)
+    if problem is not None:
+        print(f"error: {key}={folder}: {problem}; choose a folder you can write ({key}=...)", file=sys.stderr)
+        raise SystemExit(1)
 
 
 class SweepSummary(Callback):

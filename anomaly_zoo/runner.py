@@ -292,9 +292,46 @@ def _versioned(cfg: DictConfig, key: str) -> DictConfig:
     return cfg
 
 
+#: Where `anomaly_zoo.test` puts its results when pointed at a training run's folder: `<run>/test_<checkpoint>`.
+EVALUATION_PREFIX = "test_"
+
+
+def evaluation_folder(cfg: DictConfig, fit: bool) -> DictConfig:
+    """Testing a checkpoint: `ckpt_path=last` becomes the run folder's newest checkpoint (an absolute path, so the
+    same command finds its finished result again), and a test into the folder of a training run goes to
+    `<folder>/test_<checkpoint name>`, kept apart from the training's own results (which it would otherwise be
+    refused for, as another config)."""
+    if fit or not cfg.get("ckpt_path"):
+        return cfg
+    out = output_dir(cfg)
+    if cfg.ckpt_path == "last":
+        newest = newest_checkpoint(out)
+        if newest is None:
+            raise CheckpointError(f"ckpt_path=last: no checkpoint in {out}")
+        with open_dict(cfg):
+            cfg.ckpt_path = str(newest.absolute())
+    found = _recorded_run(out)
+    if found is not None and (found.get("config") or {}).get("task_name") == "train":
+        evaluation = out / f"{EVALUATION_PREFIX}{Path(cfg.ckpt_path).stem}"
+        print(f"{out} holds a training run: this evaluation goes to {evaluation}, the training's results stay")
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(evaluation)
+    return cfg
+
+
+def evaluation_config(cfg: DictConfig, fit: bool) -> DictConfig:
+    """A test of a checkpoint: its folder (evaluation_folder) and the model the checkpoint records (method, backbone,
+    input size). Applying it again changes nothing, so run_job (for the finished-run check) and run may both call it."""
+    cfg = evaluation_folder(cfg, fit)
+    if cfg.get("ckpt_path") and not fit:
+        cfg = adopt_checkpoint_model(cfg, read_checkpoint(cfg.ckpt_path))
+    return cfg
+
+
 def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
     """What the entry points call: skips a run already finished with the same config (unless force=true) and,
     inside a multirun, records a failed run in its results.json instead of stopping the sweep."""
+    cfg = evaluation_config(cfg, fit)  # the key of a test includes the model it takes from the checkpoint
     key = config_key(cfg)
     if not cfg.get("force", False):
         done = _finished_run(cfg, key)
@@ -343,14 +380,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     """Fit (when asked and the method learns), then test; returns the results payload."""
     start = time.perf_counter()
     validate_config(cfg)
-    out = output_dir(cfg)
-    if cfg.get("ckpt_path") and not fit:
-        if cfg.ckpt_path == "last":
-            with open_dict(cfg):
-                cfg.ckpt_path = str(newest_checkpoint(out) or "")
-            if not cfg.ckpt_path:
-                raise CheckpointError(f"ckpt_path=last: no checkpoint in {out}")
-        cfg = adopt_checkpoint_model(cfg, read_checkpoint(cfg.ckpt_path))
+    cfg = evaluation_config(cfg, fit)
     key = config_key(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     method = instantiate_method(cfg)

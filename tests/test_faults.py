@@ -414,6 +414,24 @@ def test_hydra_record_of_a_run_survives_a_refused_run_and_a_failed_sweep_job(syn
     assert f"input={images}" in (tmp_path / "p" / ".hydra" / "overrides.yaml").read_text()
 
 
+def test_a_run_folder_that_cannot_be_written_is_one_line_naming_the_key(tmp_path):
+    """Below a regular file, and on a file system not even root may write (sysfs: the read-only-mount case)."""
+    from anomaly_zoo.hydra_callbacks import folder_problem
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    cases = [("hydra.run.dir", blocker / "run", f"{blocker} is a file, not a folder")]
+    cases.append(("hydra.sweep.dir", blocker / "sweep", f"{blocker} is a file, not a folder"))
+    if folder_problem("/sys/anomaly_zoo_run"):  # sysfs refuses new files where the container mounts it
+        cases.append(("hydra.run.dir", Path("/sys/anomaly_zoo_run"), "/sys cannot be written ("))
+    for key, folder, why in cases:
+        multirun = ["-m"] if key == "hydra.sweep.dir" else []
+        proc = run_module("anomaly_zoo.train", *multirun, *PIXEL, f"{key}={folder}", expect=1)
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr  # one line, no traceback
+        assert proc.stderr.startswith(f"error: {key}={folder}: {why}"), proc.stderr
+    assert blocker.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 # ---------------------------------------------------------------- checkpoints know what they are
 @pytest.fixture(scope="module")
 def small_checkpoint(synthetic_root, tmp_path_factory) -> Path:
@@ -601,6 +619,36 @@ def _assert_same_run(reference: Path, resumed_dir: Path) -> None:
     assert results[0]["categories"] == results[1]["categories"]
 
 
+@pytest.mark.slow
+def test_testing_a_finished_training_run_in_its_own_folder_keeps_the_results_apart(
+    synthetic_root, uninterrupted, tmp_path
+):
+    import shutil
+
+    run_dir = tmp_path / "trained"
+    shutil.copytree(uninterrupted, run_dir)
+    before = _user_files(run_dir)
+    args = ["ckpt_path=last", f"hydra.run.dir={run_dir}", f"dataset.root={synthetic_root}", "dataset.num_workers=0",
+            "dataset.categories=[coin]", "eval.heatmaps_per_category=0",
+            "trainer.enable_progress_bar=false"]  # fmt: skip
+    proc = run_module("anomaly_zoo.test", *args)
+    evaluation = run_dir / "test_last"
+    assert f"this evaluation goes to {evaluation}" in proc.stdout
+    tested = json.loads((evaluation / "results.json").read_text())
+    trained = json.loads((run_dir / "results.json").read_text())
+    assert tested["status"] == "ok" and tested["config"]["task_name"] == "test"
+    assert tested["config"]["ckpt_path"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert tested["categories"] == trained["categories"]  # the same weights on the same test split
+    assert (evaluation / ".hydra" / "overrides.yaml").is_file()
+    new = {k for k in _user_files(run_dir) if k not in before}
+    assert all(k.startswith(str(evaluation)) for k in new)
+    assert {k: v for k, v in _user_files(run_dir).items() if k in before} == before  # the training's, untouched
+    again = run_module("anomaly_zoo.test", *args)  # the same command: its finished evaluation is found
+    assert "skipping: a finished run with the same config" in again.stdout and _user_files(run_dir).keys() == (
+        before.keys() | new
+    )
+
+
 # SIGKILL: the submitit test below kills its run that way
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM], ids=["SIGTERM"])
@@ -660,3 +708,36 @@ def test_a_submitit_sweep_with_a_killed_run_resumes_it_when_rerun(synthetic_root
     assert logs.count("resuming an unfinished run of the same config") == 1 and "skipping: a finished run" in logs
     assert again.returncode == 0
     _assert_same_run(uninterrupted, sweep / "1")  # step_seconds only slows it down
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_a_checkpoint_names_the_file_and_the_space_and_leaves_no_partial_file(
+    synthetic_root, tmp_path
+):
+    """The disk fills up during a later epoch's save: the kernel's own ENOSPC, from /dev/full behind the
+    checkpoint's temporary name (no root or tmpfs needed)."""
+    out = tmp_path / "full"
+    args = _train_args(synthetic_root, out, 0.1)
+    proc = subprocess.Popen([sys.executable, "-m", "anomaly_zoo.train", *args], cwd=ROOT,
+                            env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    ckpt, tmp = out / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt.tmp"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ckpt.exists():
+            try:
+                tmp.symlink_to("/dev/full")  # every later write of the checkpoint: "No space left on device"
+                break
+            except FileExistsError:  # a save in progress: the next one
+                pass
+        time.sleep(0.02)
+    kept = hashlib.sha1(ckpt.read_bytes()).hexdigest()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert f"error: CheckpointWriteError: cannot write checkpoint {ckpt}: no space left on the device" in errors[0]
+    needed = int(errors[0].split("it needs ")[1].split(" bytes")[0])
+    assert abs(needed - ckpt.stat().st_size) < 0.01 * ckpt.stat().st_size  # the size of a checkpoint of this model
+    assert not tmp.exists() and not tmp.is_symlink(), "the partial file is removed"
+    assert hashlib.sha1(ckpt.read_bytes()).hexdigest() == kept and read_checkpoint(ckpt)["epoch"] < 4
