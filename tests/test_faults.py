@@ -590,6 +590,10 @@ def _train_args(synthetic_root: Path, out: Path, step_seconds: float) -> list[st
     return [*TINY, f"+method.step_seconds={step_seconds}", f"dataset.root={synthetic_root}", f"hydra.run.dir={out}"]
 
 
+#: The default data loading (dataset.num_workers=2, conf/dataset/_common.yaml) instead of TINY's in-process loading.
+TINY_WORKERS = [a for a in TINY if a != "dataset.num_workers=0"]
+
+
 def _kill_after_first_checkpoint(cmd: list[str], out: Path, sig: int) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -608,6 +612,13 @@ def uninterrupted(synthetic_root, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_with_workers(synthetic_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted_workers")
+    run_module("anomaly_zoo.train", *TINY_WORKERS, f"dataset.root={synthetic_root}", f"hydra.run.dir={out}")
+    return out
+
+
 def _assert_same_run(reference: Path, resumed_dir: Path) -> None:
     """Bit-identical final weights and equal metrics."""
     full = read_checkpoint(reference / "checkpoints" / "last.ckpt")
@@ -617,6 +628,22 @@ def _assert_same_run(reference: Path, resumed_dir: Path) -> None:
         assert torch.equal(value, resumed["state_dict"][key]), key
     results = [json.loads((d / "results.json").read_text()) for d in (reference, resumed_dir)]
     assert results[0]["categories"] == results[1]["categories"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_under_the_default_data_loading_resumes_to_the_same_weights(
+    synthetic_root, uninterrupted_with_workers, tmp_path
+):
+    """Two loader workers, as by default: the training order and the workers' seeds are restored from the
+    checkpoint (the datamodule's generator), and loading draws nothing from the global generators."""
+    out = tmp_path / "killed"
+    args = [*TINY_WORKERS, "+method.step_seconds=0.1", f"dataset.root={synthetic_root}", f"hydra.run.dir={out}"]
+    killed = _kill_after_first_checkpoint([sys.executable, "-m", "anomaly_zoo.train", *args], out, signal.SIGKILL)
+    assert killed.returncode == -9 and not (out / "results.json").exists()
+    assert read_checkpoint(out / "checkpoints" / "last.ckpt")["epoch"] < 4, "killed before the last epoch"
+    again = run_module("anomaly_zoo.train", *args)
+    assert "resuming an unfinished run of the same config from" in again.stdout
+    _assert_same_run(uninterrupted_with_workers, out)  # step_seconds only slows it down
 
 
 @pytest.mark.slow
