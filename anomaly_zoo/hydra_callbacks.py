@@ -4,16 +4,19 @@ with a table of its failed runs and a non-zero exit."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from anomaly_zoo.errors import FAILED_DIR
+from anomaly_zoo.errors import SWEEP_ID_ENV, failure_folder
 
 
 def folder_problem(folder: str | Path) -> str | None:
@@ -53,15 +56,17 @@ class SweepSummary(Callback):
     """Failed runs do not stop a sweep; after the last run they are listed and the process exits with status 1."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        shutil.rmtree(Path(config.hydra.sweep.dir) / FAILED_DIR, ignore_errors=True)  # an earlier sweep's notes
+        # this sweep's own notes folder; another sweep running into the same folder keeps its own
+        os.environ[SWEEP_ID_ENV] = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        folder = Path(config.hydra.sweep.dir) / FAILED_DIR
+        folder = failure_folder(Path(config.hydra.sweep.dir))
         failures = (
             [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"), key=lambda p: (len(p.stem), p.stem))]
             if folder.is_dir()
             else []
         )
+        shutil.rmtree(folder, ignore_errors=True)  # reported now
         if not failures:
             return
         lines = [f"\n{len(failures)} run(s) of this sweep failed:", "", "| run | error |", "|---|---|"]

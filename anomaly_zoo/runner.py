@@ -6,8 +6,11 @@ results.json, a printed table, heatmap overlays.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
+import socket
 import time
 import traceback
 import warnings
@@ -198,6 +201,37 @@ class RunFolderError(RuntimeError):
     """The run folder holds a run of another config: running here would mix two runs' files."""
 
 
+class RunFolderBusyError(RuntimeError):
+    """Another process holds the run folder (a concurrent sweep, a resubmitted job): this one leaves it alone."""
+
+
+#: The lock file of a run folder: held (flock) from claiming the folder until the run ends; the system releases it
+#: when the holding process dies, so a killed job never leaves a folder locked.
+LOCK_FILE = ".lock"
+_held_locks: dict[Path, int] = {}
+
+
+def hold_run_folder(out: Path) -> None:
+    """Hold `out` for this process (raises RunFolderBusyError naming the holder's pid when another process holds it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunFolderBusyError(f"run folder {out} is in use by another process ({holder})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    _held_locks[out] = fd
+
+
+def release_run_folder(out: Path) -> None:
+    fd = _held_locks.pop(out, None)
+    if fd is not None:
+        os.close(fd)  # closing the file releases the flock
+
+
 def _recorded_run(folder: Path) -> dict[str, Any] | None:
     """The folder's latest record: results.json (a run ended) or run.json (a run started), whichever is newer."""
     records = []
@@ -242,7 +276,13 @@ def claim_run_folder(cfg: DictConfig, key: str, fit: bool) -> Path | None:
             )
     elif found is not None and found.get("status") != "ok" and fit:
         resume = newest_checkpoint(out)
-    out.mkdir(parents=True, exist_ok=True)
+    hold_run_folder(out)  # after the checks (a refused folder gets no lock file); then check again, held
+    if _recorded_run(out) != found:  # another process ran here between the check and the lock
+        release_run_folder(out)
+        again = _recorded_run(out)
+        if again is not None and again.get("config_key") == key and again.get("status") == "ok":
+            raise RunFolderBusyError(f"run folder {out} was finished by another process meanwhile")
+        return claim_run_folder(cfg, key, fit)
     tmp = out / f"{RUN_RECORD}.tmp"
     tmp.write_text(json.dumps({"status": "started", "config_key": key, "config": resolved_config(cfg)}, indent=2))
     tmp.replace(out / RUN_RECORD)
@@ -341,6 +381,9 @@ def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
     start = time.perf_counter()
     try:
         return run(cfg, fit=fit)
+    except RunFolderBusyError as busy:
+        print(f"skipping: {busy}; that process runs it")
+        return None
     except RunFolderError:
         raise  # never write into another run's folder, not even a failure record
     except Exception as err:
@@ -391,6 +434,17 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     check_split(datamodule.test_dataset.samples, datamodule.require_masks)  # before hours of training
     auto_resume = claim_run_folder(cfg, key, fit)  # after the checks: a refused config leaves no record behind
     out = output_dir(cfg)  # existing_folder=version may have moved the run
+    try:
+        return _run_claimed(cfg, fit, key, method, datamodule, auto_resume, start)
+    finally:
+        release_run_folder(out)
+
+
+def _run_claimed(
+    cfg: DictConfig, fit: bool, key: str, method: AnomalyMethod, datamodule, auto_resume: Path | None, start: float
+) -> dict[str, Any]:
+    """`run` once the folder is claimed (and held)."""
+    out = output_dir(cfg)
     collector = EvaluationCollector()
     callbacks: list = [collector]
     if fit and method.requires_training:

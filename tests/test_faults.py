@@ -768,3 +768,43 @@ def test_a_full_disk_while_saving_a_checkpoint_names_the_file_and_the_space_and_
     assert abs(needed - ckpt.stat().st_size) < 0.01 * ckpt.stat().st_size  # the size of a checkpoint of this model
     assert not tmp.exists() and not tmp.is_symlink(), "the partial file is removed"
     assert hashlib.sha1(ckpt.read_bytes()).hexdigest() == kept and read_checkpoint(ckpt)["epoch"] < 4
+
+
+@pytest.mark.slow
+def test_concurrent_sweeps_into_one_folder_run_each_job_once_and_report_only_their_own_failures(
+    synthetic_root, tmp_path
+):
+    """A and B: the same sweep (two people, a resubmitted array); C: another config into the same folder. A run
+    folder is held by one process at a time (the other skips it and says so); C's refusals are C's failures only."""
+    sweep = tmp_path / "sweep"
+    common = ["-m", *TINY, "+method.step_seconds=1.0", f"dataset.root={synthetic_root}", f"hydra.sweep.dir={sweep}"]
+
+    def start(values: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "anomaly_zoo.train", *common, f"+method.lr={values}"],
+                                cwd=ROOT, env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def wait_for(path: Path) -> None:
+        deadline = time.monotonic() + 300
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.exists(), path
+
+    a = start("0.05,0.04")
+    wait_for(sweep / "0" / "run.json")  # A holds run 0 (about 20 s of training)
+    b = start("0.05,0.04")
+    wait_for(sweep / "1" / "run.json")  # B skipped run 0 and holds run 1
+    c = start("0.03,0.02")
+    outs = {}
+    for name, proc in (("a", a), ("b", b), ("c", c)):
+        out, err = proc.communicate(timeout=600)
+        outs[name] = (proc.returncode, out, err)
+    assert outs["a"][0] == 0 and outs["b"][0] == 0, (outs["a"][2][-1500:], outs["b"][2][-1500:])
+    assert f"skipping: run folder {sweep / '0'} is in use by another process (pid {a.pid}" in outs["b"][1]
+    assert "skipping:" in outs["a"][1]  # run 1: in use by B, or already finished by it
+    assert outs["c"][0] == 1 and "2 run(s) of this sweep failed" in outs["c"][2]
+    assert "of this sweep failed" not in outs["a"][2] + outs["b"][2]  # C's refusals are not A's or B's failures
+    for n, lr in (("0", 0.05), ("1", 0.04)):
+        result = json.loads((sweep / n / "results.json").read_text())
+        assert result["status"] == "ok" and result["config"]["method"]["lr"] == lr
+        assert len(list((sweep / n).rglob("metrics.csv"))) == 1, "trained once"
