@@ -3,10 +3,12 @@ the model is (method, backbone, input size) so that test/predict can take it fro
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -30,11 +32,46 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with tmp.open("wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as err:  # torch's zip writer reports a failed write as a RuntimeError
+            tmp.unlink(missing_ok=True)  # a partial file would only take more of a full disk
+            raise CheckpointWriteError(_write_failure(path, checkpoint, err)) from err
         os.replace(tmp, path)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a quota): the file, the space it needed, the space left."""
+
+
+class _ByteCounter:
+    """A write-only file that only counts: the size a checkpoint needs, without memory or disk."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _write_failure(path: Path, checkpoint: dict[str, Any], err: BaseException) -> str:
+    """`cannot write checkpoint <path>: <why> (it needs N MB, M MB free there); the previous file is kept`."""
+    counter = _ByteCounter()
+    torch.save(checkpoint, cast(IO[bytes], counter))  # torch needs only write() and flush()
+    free = shutil.disk_usage(path.parent).free
+    full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    why = "no space left on the device (or quota)" if full or free < counter.size else " ".join(str(err).split())
+    kept = "the previous checkpoint is kept" if path.exists() else "no earlier checkpoint"
+    return (f"cannot write checkpoint {path}: {why}; it needs {counter.size} bytes ({counter.size / 2**20:.1f} MiB), "
+            f"{free} bytes ({free / 2**20:.1f} MiB) are free there; the partial {path.name}.tmp was removed, {kept}. "
+            "Free some space (or choose another run folder) and run the same command again to resume")  # fmt: skip
 
 
 class LastCheckpoint(ModelCheckpoint):

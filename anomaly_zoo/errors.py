@@ -12,8 +12,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-#: Where a multirun's jobs record their failures, for the summary printed when the sweep ends.
+#: Where a multirun's jobs record their failures, for the summary printed when the sweep ends:
+#: `<sweep dir>/.failed_runs/<sweep id>/`, one folder per sweep process, so that two sweeps into one folder
+#: (two people, a resubmitted array) each report only their own jobs.
 FAILED_DIR = ".failed_runs"
+#: The sweep's id, set by SweepSummary when the sweep starts; launchers pass the environment on to their jobs.
+SWEEP_ID_ENV = "ANOMALY_ZOO_SWEEP_ID"
+
+
+def failure_folder(sweep_dir: Path) -> Path:
+    return sweep_dir / FAILED_DIR / os.environ.get(SWEEP_ID_ENV, "unknown_sweep")
 
 
 def root_cause(err: BaseException) -> BaseException:
@@ -77,7 +85,7 @@ def record_failure(output_dir: str, error: str) -> None:
     multirun, sweep_dir, _ = _job_info()
     if not multirun or sweep_dir is None:
         return
-    folder = sweep_dir / FAILED_DIR
+    folder = failure_folder(sweep_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{Path(output_dir).name}.json"
     tmp = path.with_suffix(".json.tmp")

@@ -6,8 +6,11 @@ results.json, a printed table, heatmap overlays.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
+import socket
 import time
 import traceback
 import warnings
@@ -206,6 +209,37 @@ class RunFolderError(RuntimeError):
     """The run folder holds a run of another config: running here would mix two runs' files."""
 
 
+class RunFolderBusyError(RuntimeError):
+    """Another process holds the run folder (a concurrent sweep, a resubmitted job): this one leaves it alone."""
+
+
+#: The lock file of a run folder: held (flock) from claiming the folder until the run ends; the system releases it
+#: when the holding process dies, so a killed job never leaves a folder locked.
+LOCK_FILE = ".lock"
+_held_locks: dict[Path, int] = {}
+
+
+def hold_run_folder(out: Path) -> None:
+    """Hold `out` for this process (raises RunFolderBusyError naming the holder's pid when another process holds it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunFolderBusyError(f"run folder {out} is in use by another process ({holder})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    _held_locks[out] = fd
+
+
+def release_run_folder(out: Path) -> None:
+    fd = _held_locks.pop(out, None)
+    if fd is not None:
+        os.close(fd)  # closing the file releases the flock
+
+
 def _recorded_run(folder: Path) -> dict[str, Any] | None:
     """The folder's latest record: results.json (a run ended) or run.json (a run started), whichever is newer."""
     records = []
@@ -250,7 +284,13 @@ def claim_run_folder(cfg: DictConfig, key: str, fit: bool) -> Path | None:
             )
     elif found is not None and found.get("status") != "ok" and fit:
         resume = newest_checkpoint(out)
-    out.mkdir(parents=True, exist_ok=True)
+    hold_run_folder(out)  # after the checks (a refused folder gets no lock file); then check again, held
+    if _recorded_run(out) != found:  # another process ran here between the check and the lock
+        release_run_folder(out)
+        again = _recorded_run(out)
+        if again is not None and again.get("config_key") == key and again.get("status") == "ok":
+            raise RunFolderBusyError(f"run folder {out} was finished by another process meanwhile")
+        return claim_run_folder(cfg, key, fit)
     tmp = out / f"{RUN_RECORD}.tmp"
     tmp.write_text(json.dumps({"status": "started", "config_key": key, "config": resolved_config(cfg)}, indent=2))
     tmp.replace(out / RUN_RECORD)
@@ -300,9 +340,46 @@ def _versioned(cfg: DictConfig, key: str) -> DictConfig:
     return cfg
 
 
+#: Where `anomaly_zoo.test` puts its results when pointed at a training run's folder: `<run>/test_<checkpoint>`.
+EVALUATION_PREFIX = "test_"
+
+
+def evaluation_folder(cfg: DictConfig, fit: bool) -> DictConfig:
+    """Testing a checkpoint: `ckpt_path=last` becomes the run folder's newest checkpoint (an absolute path, so the
+    same command finds its finished result again), and a test into the folder of a training run goes to
+    `<folder>/test_<checkpoint name>`, kept apart from the training's own results (which it would otherwise be
+    refused for, as another config)."""
+    if fit or not cfg.get("ckpt_path"):
+        return cfg
+    out = output_dir(cfg)
+    if cfg.ckpt_path == "last":
+        newest = newest_checkpoint(out)
+        if newest is None:
+            raise CheckpointError(f"ckpt_path=last: no checkpoint in {out}")
+        with open_dict(cfg):
+            cfg.ckpt_path = str(newest.absolute())
+    found = _recorded_run(out)
+    if found is not None and (found.get("config") or {}).get("task_name") == "train":
+        evaluation = out / f"{EVALUATION_PREFIX}{Path(cfg.ckpt_path).stem}"
+        print(f"{out} holds a training run: this evaluation goes to {evaluation}, the training's results stay")
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(evaluation)
+    return cfg
+
+
+def evaluation_config(cfg: DictConfig, fit: bool) -> DictConfig:
+    """A test of a checkpoint: its folder (evaluation_folder) and the model the checkpoint records (method, backbone,
+    input size). Applying it again changes nothing, so run_job (for the finished-run check) and run may both call it."""
+    cfg = evaluation_folder(cfg, fit)
+    if cfg.get("ckpt_path") and not fit:
+        cfg = adopt_checkpoint_model(cfg, read_checkpoint(cfg.ckpt_path))
+    return cfg
+
+
 def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
     """What the entry points call: skips a run already finished with the same config (unless force=true) and,
     inside a multirun, records a failed run in its results.json instead of stopping the sweep."""
+    cfg = evaluation_config(cfg, fit)  # the key of a test includes the model it takes from the checkpoint
     key = config_key(cfg)
     if not cfg.get("force", False):
         done = _finished_run(cfg, key)
@@ -312,6 +389,9 @@ def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
     start = time.perf_counter()
     try:
         return run(cfg, fit=fit)
+    except RunFolderBusyError as busy:
+        print(f"skipping: {busy}; that process runs it")
+        return None
     except RunFolderError:
         raise  # never write into another run's folder, not even a failure record
     except Exception as err:
@@ -356,14 +436,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     """Fit (when asked and the method learns), then test; returns the results payload."""
     start = time.perf_counter()
     validate_config(cfg)
-    out = output_dir(cfg)
-    if cfg.get("ckpt_path") and not fit:
-        if cfg.ckpt_path == "last":
-            with open_dict(cfg):
-                cfg.ckpt_path = str(newest_checkpoint(out) or "")
-            if not cfg.ckpt_path:
-                raise CheckpointError(f"ckpt_path=last: no checkpoint in {out}")
-        cfg = adopt_checkpoint_model(cfg, read_checkpoint(cfg.ckpt_path))
+    cfg = evaluation_config(cfg, fit)
     key = config_key(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     method = instantiate_method(cfg)
@@ -374,6 +447,17 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     check_split(datamodule.test_dataset.samples, datamodule.require_masks)  # before hours of training
     auto_resume = claim_run_folder(cfg, key, fit)  # after the checks: a refused config leaves no record behind
     out = output_dir(cfg)  # existing_folder=version may have moved the run
+    try:
+        return _run_claimed(cfg, fit, key, method, datamodule, auto_resume, start)
+    finally:
+        release_run_folder(out)
+
+
+def _run_claimed(
+    cfg: DictConfig, fit: bool, key: str, method: AnomalyMethod, datamodule, auto_resume: Path | None, start: float
+) -> dict[str, Any]:
+    """`run` once the folder is claimed (and held)."""
+    out = output_dir(cfg)
     collector = EvaluationCollector(
         evaluation_protocol(cfg), int(cfg.eval.get("bootstrap_resamples", DEFAULT_RESAMPLES)), int(cfg.seed),
         int(cfg.eval.get("pixel_bootstrap_resamples", 0)),

@@ -416,6 +416,24 @@ def test_hydra_record_of_a_run_survives_a_refused_run_and_a_failed_sweep_job(syn
     assert f"input={images}" in (tmp_path / "p" / ".hydra" / "overrides.yaml").read_text()
 
 
+def test_a_run_folder_that_cannot_be_written_is_one_line_naming_the_key(tmp_path):
+    """Below a regular file, and on a file system not even root may write (sysfs: the read-only-mount case)."""
+    from anomaly_zoo.hydra_callbacks import folder_problem
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    cases = [("hydra.run.dir", blocker / "run", f"{blocker} is a file, not a folder")]
+    cases.append(("hydra.sweep.dir", blocker / "sweep", f"{blocker} is a file, not a folder"))
+    if folder_problem("/sys/anomaly_zoo_run"):  # sysfs refuses new files where the container mounts it
+        cases.append(("hydra.run.dir", Path("/sys/anomaly_zoo_run"), "/sys cannot be written ("))
+    for key, folder, why in cases:
+        multirun = ["-m"] if key == "hydra.sweep.dir" else []
+        proc = run_module("anomaly_zoo.train", *multirun, *PIXEL, f"{key}={folder}", expect=1)
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr  # one line, no traceback
+        assert proc.stderr.startswith(f"error: {key}={folder}: {why}"), proc.stderr
+    assert blocker.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 # ---------------------------------------------------------------- checkpoints know what they are
 @pytest.fixture(scope="module")
 def small_checkpoint(synthetic_root, tmp_path_factory) -> Path:
@@ -574,6 +592,10 @@ def _train_args(synthetic_root: Path, out: Path, step_seconds: float) -> list[st
     return [*TINY, f"+method.step_seconds={step_seconds}", f"dataset.root={synthetic_root}", f"hydra.run.dir={out}"]
 
 
+#: The default data loading (dataset.num_workers=2, conf/dataset/_common.yaml) instead of TINY's in-process loading.
+TINY_WORKERS = [a for a in TINY if a != "dataset.num_workers=0"]
+
+
 def _kill_after_first_checkpoint(cmd: list[str], out: Path, sig: int) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -592,6 +614,13 @@ def uninterrupted(synthetic_root, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_with_workers(synthetic_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted_workers")
+    run_module("anomaly_zoo.train", *TINY_WORKERS, f"dataset.root={synthetic_root}", f"hydra.run.dir={out}")
+    return out
+
+
 def _assert_same_run(reference: Path, resumed_dir: Path) -> None:
     """Bit-identical final weights and equal metrics."""
     full = read_checkpoint(reference / "checkpoints" / "last.ckpt")
@@ -601,6 +630,52 @@ def _assert_same_run(reference: Path, resumed_dir: Path) -> None:
         assert torch.equal(value, resumed["state_dict"][key]), key
     results = [json.loads((d / "results.json").read_text()) for d in (reference, resumed_dir)]
     assert results[0]["categories"] == results[1]["categories"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_under_the_default_data_loading_resumes_to_the_same_weights(
+    synthetic_root, uninterrupted_with_workers, tmp_path
+):
+    """Two loader workers, as by default: the training order and the workers' seeds are restored from the
+    checkpoint (the datamodule's generator), and loading draws nothing from the global generators."""
+    out = tmp_path / "killed"
+    args = [*TINY_WORKERS, "+method.step_seconds=0.1", f"dataset.root={synthetic_root}", f"hydra.run.dir={out}"]
+    killed = _kill_after_first_checkpoint([sys.executable, "-m", "anomaly_zoo.train", *args], out, signal.SIGKILL)
+    assert killed.returncode == -9 and not (out / "results.json").exists()
+    assert read_checkpoint(out / "checkpoints" / "last.ckpt")["epoch"] < 4, "killed before the last epoch"
+    again = run_module("anomaly_zoo.train", *args)
+    assert "resuming an unfinished run of the same config from" in again.stdout
+    _assert_same_run(uninterrupted_with_workers, out)  # step_seconds only slows it down
+
+
+@pytest.mark.slow
+def test_testing_a_finished_training_run_in_its_own_folder_keeps_the_results_apart(
+    synthetic_root, uninterrupted, tmp_path
+):
+    import shutil
+
+    run_dir = tmp_path / "trained"
+    shutil.copytree(uninterrupted, run_dir)
+    before = _user_files(run_dir)
+    args = ["ckpt_path=last", f"hydra.run.dir={run_dir}", f"dataset.root={synthetic_root}", "dataset.num_workers=0",
+            "dataset.categories=[coin]", "eval.heatmaps_per_category=0",
+            "trainer.enable_progress_bar=false"]  # fmt: skip
+    proc = run_module("anomaly_zoo.test", *args)
+    evaluation = run_dir / "test_last"
+    assert f"this evaluation goes to {evaluation}" in proc.stdout
+    tested = json.loads((evaluation / "results.json").read_text())
+    trained = json.loads((run_dir / "results.json").read_text())
+    assert tested["status"] == "ok" and tested["config"]["task_name"] == "test"
+    assert tested["config"]["ckpt_path"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert tested["categories"] == trained["categories"]  # the same weights on the same test split
+    assert (evaluation / ".hydra" / "overrides.yaml").is_file()
+    new = {k for k in _user_files(run_dir) if k not in before}
+    assert all(k.startswith(str(evaluation)) for k in new)
+    assert {k: v for k, v in _user_files(run_dir).items() if k in before} == before  # the training's, untouched
+    again = run_module("anomaly_zoo.test", *args)  # the same command: its finished evaluation is found
+    assert "skipping: a finished run with the same config" in again.stdout and _user_files(run_dir).keys() == (
+        before.keys() | new
+    )
 
 
 # SIGKILL: the submitit test below kills its run that way
@@ -662,3 +737,76 @@ def test_a_submitit_sweep_with_a_killed_run_resumes_it_when_rerun(synthetic_root
     assert logs.count("resuming an unfinished run of the same config") == 1 and "skipping: a finished run" in logs
     assert again.returncode == 0
     _assert_same_run(uninterrupted, sweep / "1")  # step_seconds only slows it down
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_a_checkpoint_names_the_file_and_the_space_and_leaves_no_partial_file(
+    synthetic_root, tmp_path
+):
+    """The disk fills up during a later epoch's save: the kernel's own ENOSPC, from /dev/full behind the
+    checkpoint's temporary name (no root or tmpfs needed)."""
+    out = tmp_path / "full"
+    args = _train_args(synthetic_root, out, 0.1)
+    proc = subprocess.Popen([sys.executable, "-m", "anomaly_zoo.train", *args], cwd=ROOT,
+                            env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    ckpt, tmp = out / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt.tmp"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ckpt.exists():
+            try:
+                tmp.symlink_to("/dev/full")  # every later write of the checkpoint: "No space left on device"
+                break
+            except FileExistsError:  # a save in progress: the next one
+                pass
+        time.sleep(0.02)
+    kept = hashlib.sha1(ckpt.read_bytes()).hexdigest()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert f"error: CheckpointWriteError: cannot write checkpoint {ckpt}: no space left on the device" in errors[0]
+    needed = int(errors[0].split("it needs ")[1].split(" bytes")[0])
+    assert abs(needed - ckpt.stat().st_size) < 0.01 * ckpt.stat().st_size  # the size of a checkpoint of this model
+    assert not tmp.exists() and not tmp.is_symlink(), "the partial file is removed"
+    assert hashlib.sha1(ckpt.read_bytes()).hexdigest() == kept and read_checkpoint(ckpt)["epoch"] < 4
+
+
+@pytest.mark.slow
+def test_concurrent_sweeps_into_one_folder_run_each_job_once_and_report_only_their_own_failures(
+    synthetic_root, tmp_path
+):
+    """A and B: the same sweep (two people, a resubmitted array); C: another config into the same folder. A run
+    folder is held by one process at a time (the other skips it and says so); C's refusals are C's failures only."""
+    sweep = tmp_path / "sweep"
+    common = ["-m", *TINY, "+method.step_seconds=1.0", f"dataset.root={synthetic_root}", f"hydra.sweep.dir={sweep}"]
+
+    def start(values: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "anomaly_zoo.train", *common, f"+method.lr={values}"],
+                                cwd=ROOT, env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def wait_for(path: Path) -> None:
+        deadline = time.monotonic() + 300
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.exists(), path
+
+    a = start("0.05,0.04")
+    wait_for(sweep / "0" / "run.json")  # A holds run 0 (about 20 s of training)
+    b = start("0.05,0.04")
+    wait_for(sweep / "1" / "run.json")  # B skipped run 0 and holds run 1
+    c = start("0.03,0.02")
+    outs = {}
+    for name, proc in (("a", a), ("b", b), ("c", c)):
+        out, err = proc.communicate(timeout=600)
+        outs[name] = (proc.returncode, out, err)
+    assert outs["a"][0] == 0 and outs["b"][0] == 0, (outs["a"][2][-1500:], outs["b"][2][-1500:])
+    assert f"skipping: run folder {sweep / '0'} is in use by another process (pid {a.pid}" in outs["b"][1]
+    assert "skipping:" in outs["a"][1]  # run 1: in use by B, or already finished by it
+    assert outs["c"][0] == 1 and "2 run(s) of this sweep failed" in outs["c"][2]
+    assert "of this sweep failed" not in outs["a"][2] + outs["b"][2]  # C's refusals are not A's or B's failures
+    for n, lr in (("0", 0.05), ("1", 0.04)):
+        result = json.loads((sweep / n / "results.json").read_text())
+        assert result["status"] == "ok" and result["config"]["method"]["lr"] == lr
+        assert len(list((sweep / n).rglob("metrics.csv"))) == 1, "trained once"

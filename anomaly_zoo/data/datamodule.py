@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
@@ -88,6 +89,9 @@ class AnomalyDataModule(LightningDataModule):
         self.use_train_split = use_train_split
         #: The method's input views (AnomalyMethod.input_views), rendered by the datasets from the same decode.
         self.views: dict[str, ImageView] = dict(views or {})
+        #: The training order (the sampler's permutations) and the training workers' base seeds, one draw each
+        #: per epoch; saved in checkpoints (state_dict) instead of drawn from the global generator.
+        self.train_rng = torch.Generator().manual_seed(seed)
         self.train_dataset: AnomalyImageDataset | None = None
         self.val_dataset: AnomalyImageDataset | None = None
         self.test_dataset: AnomalyImageDataset | None = None
@@ -167,26 +171,42 @@ class AnomalyDataModule(LightningDataModule):
         """A seeded, sorted random subset of range(n) of size round(ratio * n)."""
         return np.sort(np.random.default_rng(self.seed).permutation(n)[: round(ratio * n)])
 
-    def _loader(self, dataset: AnomalyImageDataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: AnomalyImageDataset | None, batch_size: int, train: bool = False) -> DataLoader:
+        """Loaders draw nothing from the global generators, whose states checkpoints restore for the method: the
+        training order and the training workers' seeds come from `train_rng`, evaluation workers' seeds from a
+        generator of their own (evaluation draws no random numbers)."""
         if dataset is None:
             raise RuntimeError("call datamodule.setup() first")
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=train,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # Training workers start afresh each epoch, seeded from train_rng's next draw (torch: base seed + worker
+            # id; Lightning's worker init derives NumPy's and Python's from it): their streams are a function of
+            # (seed, epoch, worker, rank), which persistent workers carrying theirs across epochs would not be.
+            persistent_workers=self.num_workers > 0 and not train,
+            generator=self.train_rng if train else torch.Generator().manual_seed(self.seed),
             pin_memory=False,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, self.train_batch_size, shuffle=True)
+        return self._loader(self.train_dataset, self.train_batch_size, train=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What Lightning saves of the datamodule in every checkpoint: `train_rng`'s state, so that a resumed run
+        shuffles and seeds its workers as the uninterrupted run does from that epoch on."""
+        return {"train_rng": self.train_rng.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "train_rng" in state_dict:  # checkpoints written before it was saved resume with a fresh order
+            self.train_rng.set_state(state_dict["train_rng"])
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_dataset, self.eval_batch_size, shuffle=False) if self.val_dataset else []
+        return self._loader(self.val_dataset, self.eval_batch_size) if self.val_dataset else []
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_dataset, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

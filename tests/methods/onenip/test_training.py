@@ -91,8 +91,12 @@ def test_uniad_is_the_no_prompt_ablation(compose_cfg, tmp_path):
     assert cfg.method.restoration is False and cfg.method.refiner is False
 
 
-def test_resume_gives_the_same_weights_as_one_run(compose_cfg, tmp_path):
-    common = ["method.max_epochs=2", "trainer.limit_train_batches=2", "trainer.deterministic=true"]
+@pytest.mark.parametrize(
+    "loading", [[], ["dataset.num_workers=2", "method.cache_features=true"]], ids=["in_process", "workers_and_cache"]
+)
+def test_resume_gives_the_same_weights_as_one_run(compose_cfg, tmp_path, loading):
+    """Also with the demo's data settings: two loader workers (as by default) and the feature cache."""
+    common = ["method.max_epochs=2", "trainer.limit_train_batches=2", "trainer.deterministic=true", *loading]
     _run(compose_cfg, common, tmp_path / "full")
     _run(compose_cfg, [*common, "method.max_epochs=1"], tmp_path / "half")
     half = tmp_path / "half" / "checkpoints" / "last.ckpt"
