@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) install -c constraints.txt -e ".[dev,optuna]"
 	$(PIP) check
 
 # A small sweep (PatchKNN, PaDiM, a short OneNIP schedule) on the embedded synthetic set, then its leaderboard.

@@ -385,7 +385,8 @@ def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
         done = _finished_run(cfg, key)
         if done is not None:
             print(f"skipping: a finished run with the same config is at {done} (force=true re-runs it)")
-            return None
+            # a resumed search gets the finished trial's objective back (hydra/sweeper=optuna)
+            return {"results_path": str(done), "objective": json.loads(done.read_text()).get("validation_loss")}
     start = time.perf_counter()
     try:
         return run(cfg, fit=fit)
@@ -465,6 +466,7 @@ def _run_claimed(
     threshold_callback: DecisionThreshold | None = None
     checkpoint: dict[str, Any] | None = None
     fit_s: float | None = None
+    val_loss: float | None = None
     callbacks: list = [collector]
     if fit and method.requires_training:
         every = int(cfg.get("checkpoint", {}).get("every_n_epochs", 1))
@@ -492,6 +494,7 @@ def _run_claimed(
         except SIGTERMException:
             _stopped_by_signal(out)
         fit_s = time.perf_counter() - fit_start
+        val_loss = _validation_loss(trainer)  # read now: testing resets the trainer's callback metrics
     elif cfg.get("ckpt_path"):
         checkpoint = load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg))
     elif method.requires_training:
@@ -523,6 +526,7 @@ def _run_claimed(
             "config_key": key,
             "protocol": cfg.dataset.protocol,
             "evaluation": collector.protocol.record(),
+            "validation_loss": val_loss,
             "eval_size": list(datamodule.test_dataset.size),
             "cost": cost_record(method, trainer, fit_s, test_s, len(collector.images.get("score", []))),
             "intervals": collector.intervals,
@@ -541,14 +545,19 @@ def _run_claimed(
     if isinstance(trainer.logger, WandbLogger):
         trainer.logger.experiment.finish()  # one W&B run per job, also inside a multirun
     print(f"\nresults: {path}\nheatmaps: {len(overlays)} PNGs in {out / 'heatmaps'}")
-    val_loss = trainer.callback_metrics.get("val/loss")
     return {
         "results_path": str(path),
         "per_category": collector.per_category,
         "mean": collector.mean,
         # what a hyper-parameter sweeper may minimise: validation data only, never the test metrics
-        "objective": None if val_loss is None else float(val_loss),
+        "objective": val_loss,
     }
+
+
+def _validation_loss(trainer: pl.Trainer) -> float | None:
+    """The last `val/loss` a method logged (None: it has none), the objective of a hyper-parameter search."""
+    value = trainer.callback_metrics.get("val/loss")
+    return None if value is None else float(value)
 
 
 def _stopped_by_signal(out: Path) -> None:

@@ -33,7 +33,7 @@ MANDATORY = {"predict": ["input=in", "output=out"], "convert": ["output=out.ckpt
 OPTION_NEEDS = {("dataset", "folder"): ["dataset.root=/data/my_images"], ("method", "anomalib"): ["model=stfpm"]}
 #: Hydra plugins some options need; without them the option is skipped with the reason.
 PLUGINS = {
-    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper (.[optuna])"),
+    ("hydra/sweeper", "optuna_search"): ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper (.[optuna])"),
     ("hydra/launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher (.[slurm])"),
 }
 
