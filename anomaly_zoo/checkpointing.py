@@ -16,8 +16,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-#: The key under which a checkpoint records what wrote it.
-METADATA_KEY = "anomaly_zoo"
+from anomaly_zoo.checkpoints.read import METADATA_KEY
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -26,19 +26,21 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_zoo import config_keys
-from anomaly_zoo.checkpointing import (
-    METADATA_KEY,
-    AtomicCheckpointIO,
-    RecordModel,
-    checkpoint_callbacks,
-    newest_checkpoint,
+from anomaly_zoo.checkpointing import AtomicCheckpointIO, RecordModel, checkpoint_callbacks, newest_checkpoint
+from anomaly_zoo.checkpoints.model import (
+    adopt_if_readable,
+    check_model_matches,
+    load_checkpoint_weights,
+    method_name,
+    model_metadata,
 )
+from anomaly_zoo.checkpoints.read import CheckpointError, read_checkpoint
 from anomaly_zoo.errors import one_line
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
 from anomaly_zoo.evaluation.cost import cost_record
 from anomaly_zoo.evaluation.per_image import per_defect
 from anomaly_zoo.evaluation.threshold import DecisionThreshold, recorded_threshold
-from anomaly_zoo.methods.base import AnomalyMethod, CheckpointFormatError
+from anomaly_zoo.methods.base import AnomalyMethod
 from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES
 from anomaly_zoo.reporting import metrics_table, save_overlay
 from anomaly_zoo.trainer_setup import apply_method_trainer_arguments, instantiate_callbacks, instantiate_trainer
@@ -51,52 +53,6 @@ def output_dir(cfg: DictConfig) -> Path:
     """`paths.output_dir`: Hydra's run folder unless overridden; the logger, results, checkpoints and heatmaps all
     follow it, so `paths.output_dir=...` on the command line moves everything together."""
     return Path(cfg.paths.output_dir)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt, truncated or not a Lightning checkpoint."""
-
-
-def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint without unpickling arbitrary objects (weights_only=True)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first_line = str(err).splitlines()[0] if str(err) else ""
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(err).__name__}: {first_line} "
-            "(corrupt or truncated file, or not a checkpoint written by anomaly_zoo/Lightning)"
-        ) from err
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise CheckpointError(f"checkpoint {path} has no 'state_dict': not a Lightning checkpoint")
-    return state
-
-
-def load_checkpoint_weights(method: AnomalyMethod, ckpt_path: str | Path, name: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint's weights (and the method's own extra state) for evaluation; returns the checkpoint.
-
-    Weights that do not fit the method are a `CheckpointMismatchError` naming the method that wrote them (where the
-    checkpoint records it) instead of the state dict's key lists."""
-    state = read_checkpoint(ckpt_path)
-    if name is not None:  # the config's method name (what checkpoints record), when the caller has a config
-        check_model_matches(name, state, ckpt_path)
-    name = name or type(method).__name__
-    try:
-        method.on_load_checkpoint(state)
-        method.load_state_dict(state["state_dict"])
-    except CheckpointFormatError:
-        raise  # the method already says what does not fit
-    except (RuntimeError, KeyError, ValueError) as err:
-        writer = (state.get(METADATA_KEY) or {}).get("method", "an unrecorded method (an older checkpoint)")
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointMismatchError(
-            f"ckpt_path={ckpt_path}: its weights do not fit method={name} as configured (written by {writer}): "
-            f"{first[:300]}"
-        ) from err
-    return state
 
 
 def instantiate_method(cfg: DictConfig) -> AnomalyMethod:
@@ -114,10 +70,6 @@ def instantiate_datamodule(cfg: DictConfig, method: AnomalyMethod) -> Any:
     and the method's input views."""
     make = hydra.utils.instantiate(cfg.dataset, _partial_=True)
     return make(use_train_split=method.requires_training, views=method.input_views())
-
-
-def method_name(cfg: DictConfig) -> str:
-    return cfg.method.get("name") or cfg.method._target_.rsplit(".", 1)[-1]
 
 
 class _DropTips(logging.Filter):
@@ -372,7 +324,7 @@ def evaluation_config(cfg: DictConfig, fit: bool) -> DictConfig:
     input size). Applying it again changes nothing, so run_job (for the finished-run check) and run may both call it."""
     cfg = evaluation_folder(cfg, fit)
     if cfg.get("ckpt_path") and not fit:
-        cfg = adopt_checkpoint_model(cfg, read_checkpoint(cfg.ckpt_path))
+        cfg = adopt_if_readable(cfg)
     return cfg
 
 
@@ -422,22 +374,13 @@ def evaluation_protocol(cfg: DictConfig) -> str:
     return str((cfg.get("evaluation") or {}).get("protocol", "exact"))
 
 
-def model_metadata(cfg: DictConfig, datamodule) -> dict[str, Any]:
-    """What a checkpoint records about its model, so that test/predict need not be told again."""
-    return {
-        "method": method_name(cfg),
-        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
-        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True) if cfg.get("backbone") else None,
-        "image_size": list(datamodule.test_dataset.size),
-        "config_key": config_key(cfg),
-    }
-
-
 def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     """Fit (when asked and the method learns), then test; returns the results payload."""
     start = time.perf_counter()
-    validate_config(cfg)
+    # a test's folder and the model its checkpoint records, before validation: the checkpoint, not a weights
+    # source, holds the backbone
     cfg = evaluation_config(cfg, fit)
+    validate_config(cfg)
     key = config_key(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     method = instantiate_method(cfg)
@@ -569,93 +512,13 @@ def _stopped_by_signal(out: Path) -> None:
     raise SystemExit(143)
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint was written for another method, backbone or input size than the run asks for."""
-
-
-def _explicit_overrides() -> set[str] | None:
-    """The config keys set on the command line (Hydra's task overrides), e.g. {"method", "dataset.image_size"};
-    None outside a Hydra app (a config composed in Python)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    keys = set()
-    for override in HydraConfig.get().overrides.task:
-        keys.add(override.split("=", 1)[0].lstrip("+~"))
-    return keys
-
-
-def _asked(explicit: set[str], key: str) -> bool:
-    return "experiment" in explicit or any(k == key or k.startswith(key + ".") for k in explicit)
-
-
-def adopt_checkpoint_model(cfg: DictConfig, state: dict[str, Any]) -> DictConfig:
-    """test/predict with a checkpoint: method, backbone and input size come from the checkpoint.
-
-    A value the command line sets (method=..., backbone=..., dataset.image_size=..., experiment=...) that contradicts
-    the checkpoint is an error naming both; one that only comes from the defaults is replaced; `method.*` keys set on
-    the command line (inference options such as OneNIP's prompt_selection) are kept. Checkpoints written before they
-    recorded their model are used as the config says.
-    """
-    meta = state.get(METADATA_KEY)
-    if not meta:
-        return cfg
-    explicit = _explicit_overrides()
-    composed_in_python, explicit = explicit is None, explicit or set()
-    cfg = cfg.copy()
-    mismatches = []
-    wanted_method = method_name(cfg)
-    if wanted_method != meta["method"] and _asked(explicit, "method"):
-        mismatches.append(f"method: the checkpoint was written by method={meta['method']}, "
-                          f"this run asks for method={wanted_method}")  # fmt: skip
-    size = cfg.dataset.image_size
-    size = list(size) if OmegaConf.is_list(size) else [size, size]
-    if size != list(meta["image_size"]) and _asked(explicit, "dataset.image_size"):
-        mismatches.append(f"dataset.image_size: the checkpoint was trained at {meta['image_size']}, "
-                          f"this run asks for {size}")  # fmt: skip
-    backbone = cfg.get("backbone")
-    backbone = cast(dict[str, Any], OmegaConf.to_container(backbone, resolve=True)) if backbone is not None else None
-    if meta.get("backbone") and backbone != meta["backbone"] and _asked(explicit, "backbone"):
-        mismatches.append(f"backbone: the checkpoint's is {meta['backbone'].get('name')}, "
-                          f"this run asks for {(backbone or {}).get('name')}")  # fmt: skip
-    if mismatches:
-        raise CheckpointMismatchError(f"ckpt_path={cfg.ckpt_path} does not fit this run: " + "; ".join(mismatches)
-                                      + " (leave these keys out to take them from the checkpoint)")  # fmt: skip
-    with open_dict(cfg):
-        if meta.get("backbone"):
-            cfg.backbone = meta["backbone"]
-        if wanted_method != meta["method"]:  # the config's method is only the default: the checkpoint's instead
-            cfg.method = meta["method_config"]
-        elif not composed_in_python:  # the checkpoint's settings, but keys set on the command line win
-            method_cfg = dict(meta["method_config"])
-            for k, v in cast(dict[str, Any], OmegaConf.to_container(cfg.method, resolve=True)).items():
-                if _asked(explicit, f"method.{k}") and "experiment" not in explicit:
-                    method_cfg[k] = v
-            cfg.method = method_cfg
-        # (a config composed in Python keeps its own method settings: it cannot tell defaults from choices)
-        h, w = meta["image_size"]
-        cfg.dataset.image_size = h if h == w else [h, w]
-    return cfg
-
-
-def check_model_matches(name: str, state: dict[str, Any], ckpt_path: str | Path) -> None:
-    meta = state.get(METADATA_KEY) or {}
-    if meta.get("method") and meta["method"] != name:
-        raise CheckpointMismatchError(
-            f"ckpt_path={ckpt_path} was written by method={meta['method']}, not {name}: pass method={meta['method']} "
-            "(or leave method out: test and predict take it from the checkpoint)"
-        )
-
-
 def predict(cfg: DictConfig) -> list:
     """`anomaly_zoo.predict`: a folder of new images → scores.csv, overlays and report.html."""
     from anomaly_zoo.inference import predict_folder
 
+    cfg = adopt_if_readable(cfg)
     validate_config(cfg)
     state = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
-    if state is not None:
-        cfg = adopt_checkpoint_model(cfg, state)
     method = instantiate_method(cfg)
     method.check_normalization(cfg.dataset.normalization)
     save_hydra_record(cfg)  # the command's record in its own (timestamped) Hydra folder, as train/test keep one

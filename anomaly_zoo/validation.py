@@ -171,6 +171,11 @@ def validate_config(cfg: DictConfig) -> None:
         errors.append(f"ckpt_path={ckpt!r}: no such checkpoint file (or ckpt_path=last: the run folder's newest)")
     if (wandb := _wandb_error(cfg)) is not None:
         errors.append(wandb)
+    if (cfg.get("backbone") or {}).get("weights") == "checkpoint" and (
+        not ckpt or cfg.get("task_name") == "train"
+    ):  # the architecture alone would be random weights
+        errors.append("backbone.weights=checkpoint: only for test/predict/convert with ckpt_path=... (the checkpoint "
+                      "holds the backbone); choose backbone.weights=hub|file|package")  # fmt: skip
     if weights := missing_weights(cfg):
         errors.append(f"{len(weights)} pretrained model(s) missing (offline): " + "; ".join(weights)
                       + ". Download them where the hub is reachable (then cached) or use weights=file")  # fmt: skip

@@ -16,9 +16,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from anomaly_zoo.checkpoints.model import load_checkpoint_weights
 from anomaly_zoo.methods.onenip.torch_model import reconstruction_error_map
 from anomaly_zoo.metrics import compute_category_metrics
-from anomaly_zoo.runner import instantiate_method, load_checkpoint_weights
+from anomaly_zoo.runner import instantiate_method
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 

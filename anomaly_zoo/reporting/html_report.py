@@ -27,7 +27,9 @@ window.addEventListener("load", function () {
 """
 
 
-def write_report(path: Path, rows: Sequence, threshold: float | None, threshold_source: str) -> Path:
+def write_report(
+    path: Path, rows: Sequence, threshold: float | None, threshold_source: str, notes: Sequence[str] = ()
+) -> Path:
     scored = sorted((r for r in rows if r.score is not None), key=lambda r: -r.score)
     failed = [r for r in rows if r.error]
     n_anomalous = sum(1 for r in scored if r.decision == "anomalous")
@@ -45,6 +47,7 @@ def write_report(path: Path, rows: Sequence, threshold: float | None, threshold_
             else "No threshold (pass threshold=... or use a checkpoint that records one): no decisions."
         ),
         " <span id='loaded'></span></p>",
+        *(f"<p class='note'>{esc(note)}</p>" for note in notes),  # how the scores were made, where it matters
     ]
     if failed:
         parts.append("<h2>Unreadable files</h2><table><tr><th>file</th><th>error</th></tr>")

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
+from anomaly_zoo.checkpoints.read import read_checkpoint
 from anomaly_zoo.methods.base import AnomalyMethod
 from anomaly_zoo.metrics import METRIC_NAMES
-from anomaly_zoo.runner import read_checkpoint, run
+from anomaly_zoo.runner import run
 from tests.methods.divad.test_divad import DIVAD_TINY
 
 COMMON = ["dataset.categories=[logo]", "dataset.image_size=64", "eval.heatmaps_per_category=0"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from anomaly_zoo.backbones import FeatureExtractor
 from anomaly_zoo.data.context import Batch, TrainingData
 from anomaly_zoo.methods.base import AnomalyMethod, MethodOutput
-from anomaly_zoo.methods.onenip.official_checkpoint import convert_official_state, official_kind
 from anomaly_zoo.methods.onenip.synthesis import PseudoAnomalyGenerator
 from anomaly_zoo.methods.onenip.torch_model import (
     OneNIPModel,
@@ -55,6 +54,11 @@ class OneNIP(AnomalyMethod):
     Dice (Eq. 7 with its factor 2).
     Inference: S = (1 - alpha) S_rec + alpha * c * M̂, image score = max of an average-pooled S.
     """
+
+    architecture_keys = (
+        "image_size", "feature_stages", "decoder", "decoder_residual", "hidden", "heads", "ffn", "encoder_layers",
+        "decoder_layers", "neighbour_window", "refiner", "refiner_hidden",
+    )  # fmt: skip
 
     # Buffers (register_buffer in __init__), declared for the type checker.
     pool_features: torch.Tensor
@@ -149,9 +153,26 @@ class OneNIP(AnomalyMethod):
     def torch_model(self) -> OneNIPModel:
         """The inference network as one pure `nn.Module` (`forward(images) -> maps, scores`), sharing this module's
         weights and prompt pool, with the score scale of the current phase (calibrated, or transductive in test)."""
-        scale = self._test_scale if self._test_scale is not None else float(self.rec_scale)
-        return OneNIPModel(self.neck, self.transformer, self.refiner, self.pool_features, self.hparams.alpha, scale,
-                           self.hparams.image_score_pool)  # fmt: skip
+        return OneNIPModel(self.neck, self.transformer, self.refiner, self.pool_features, self.hparams.alpha,
+                           self.score_scale(), self.hparams.image_score_pool)  # fmt: skip
+
+    def score_scale(self) -> float:
+        """c in S = (1 - alpha) S_rec + alpha * c * M̂, as method.score_scaling says. A transductive c exists only
+        once computed over the images to score (never a silent 1.0)."""
+        scaling = self.hparams.score_scaling
+        if self.refiner is None or scaling == "none":
+            return 1.0
+        if scaling == "calibrated":
+            return float(self.rec_scale)
+        if self._test_scale is None:
+            raise RuntimeError(
+                "method.score_scaling=transductive: the score scale c is the mid-range of S_rec over the whole set of "
+                "images scored together, and none has been computed. Call method.set_transductive_scale(batches) "
+                "with those images first (anomaly_zoo.test does it over the test split, anomaly_zoo.predict over "
+                "its input folder), or set method.score_scaling=calibrated (a scale from training images; "
+                "anomaly_zoo.convert computes it for an official checkpoint)"
+            )
+        return self._test_scale
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.neck(images)
@@ -397,31 +418,55 @@ class OneNIP(AnomalyMethod):
         self._test_scale = None
         self._test_rng.manual_seed(self.hparams.seed)  # the same random prompts on every test run
         if self.refiner is not None and self.hparams.score_scaling == "transductive":
-            self._test_scale = self._transductive_scale()
-        elif self.hparams.score_scaling == "none":
-            self._test_scale = 1.0
+            if self.test_context is None:
+                raise RuntimeError(
+                    "method.score_scaling=transductive reads the whole test split: call method.setup_test("
+                    "datamodule.test_context()) before trainer.test (anomaly_zoo's runner does)"
+                )
+            self.set_transductive_scale(self.test_context.test_batches())
 
     @torch.no_grad()
-    def _transductive_scale(self) -> float:
-        """The official code's constant: mid-range of S_rec over the WHOLE TEST SET (reads test data)."""
-        if self.test_context is None:
-            raise RuntimeError(
-                "method.score_scaling=transductive reads the whole test split: call method.setup_test("
-                "datamodule.test_context()) before trainer.test (anomaly_zoo's runner does)"
-            )
+    def set_transductive_scale(self, batches: Iterable[Batch]) -> float:
+        """The official code's constant, c = mid-range of S_rec over ALL the given images (the official test: its
+        whole test set), with the prompts scoring would choose; used by score_scaling=transductive. Returns c."""
         lo, hi = float("inf"), float("-inf")
-        for batch in self.test_context.test_batches():
+        for batch in batches:
             images = batch["image"].to(self.device)
             feats = self.features(images)
             rec = self.reconstruct(feats, self._prompts_for_test(feats, batch["category"]), jitter=False)
             rec_map = reconstruction_error_map(feats, rec, (images.shape[-2], images.shape[-1]))
             lo, hi = min(lo, float(rec_map.min())), max(hi, float(rec_map.max()))
-        return (lo + hi) / 2
+        if lo > hi:
+            raise ValueError("method.score_scaling=transductive: no images to compute the score scale over")
+        self._test_scale = (lo + hi) / 2
+        return self._test_scale
+
+    def prepare_prediction(self, batches: Callable[[], Iterable[Batch]]) -> str | None:
+        if self.refiner is None or self.hparams.score_scaling != "transductive":
+            return None
+        n = 0
+
+        def counted() -> Iterator[Batch]:
+            nonlocal n
+            for batch in batches():
+                n += len(batch["image"])
+                yield batch
+
+        c = self.set_transductive_scale(counted())
+        return (
+            f"method.score_scaling=transductive: score scale c = {c:.6g}, the mid-range of S_rec over the {n} images "
+            "scored here, as the official test computes it over its test set; every score depends on which images "
+            "are scored together (method.score_scaling=calibrated: a scale from training images, fixed per model)"
+        )
 
     def _prompts_for_test(self, feats: torch.Tensor, categories: Sequence[str]) -> torch.Tensor | None:
+        """The prompts scoring uses: the configured selection, or by similarity where the class is unknown."""
         if not self.transformer.uses_prompt:
             return None
-        return self._pool_prompts(feats, categories, self.hparams.prompt_selection)
+        return self._pool_prompts(feats, categories, self._selection_for(categories))
+
+    def _selection_for(self, categories: Sequence[str]) -> str:
+        return self.hparams.prompt_selection if all(categories) else "cosine"  # unknown classes (predict)
 
     @torch.no_grad()
     def predict_batch(
@@ -434,9 +479,7 @@ class OneNIP(AnomalyMethod):
         allowed, generator = None, None
         if self.transformer.uses_prompt:
             # Unknown classes (e.g. predict on a folder) leave the choice to the features.
-            allowed, generator = self._selection(
-                categories, self.hparams.prompt_selection if all(categories) else "cosine"
-            )
+            allowed, generator = self._selection(categories, self._selection_for(categories))
         maps, scores, chosen = self.torch_model().predict(images, allowed, generator)
         out: MethodOutput = {"anomaly_maps": maps, "pred_scores": scores}
         if chosen is not None:
@@ -452,26 +495,6 @@ class OneNIP(AnomalyMethod):
         return meta
 
     # ------------------------------------------------------------------ checkpoint extras (weights_only-safe)
-    def _import_official(self, checkpoint: dict) -> None:
-        """In place: an official OneNIP/UniAD checkpoint becomes this framework's (renamed weights, empty prompt
-        pool and unit scale for complete_from_training_data to fill)."""
-        kind = {"dynamic": "onenip", "query": "uniad"}.get(self.hparams.decoder)
-        if kind is None:
-            raise ValueError(f"official checkpoints are OneNIP (decoder=dynamic) or UniAD (decoder=query) models, "
-                             f"not method.decoder={self.hparams.decoder}")  # fmt: skip
-        state, unused = convert_official_state(checkpoint["state_dict"], self, kind)
-        state.update(
-            pool_features=self.pool_features.new_empty(0, *self.pool_features.shape[1:]),
-            pool_category=self.pool_category.new_empty(0),
-            rec_scale=torch.tensor(1.0),
-            feature_statistics_fitted=torch.tensor(False),
-        )
-        checkpoint.clear()
-        checkpoint.update(
-            state_dict=state, position_layout=POSITION_LAYOUT, pool_categories=[],
-            official_import={"kind": kind, "unused_keys": unused},
-        )  # fmt: skip
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pool_categories"] = list(self.pool_categories)
         checkpoint["position_layout"] = POSITION_LAYOUT
@@ -488,8 +511,6 @@ class OneNIP(AnomalyMethod):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if official_kind(checkpoint.get("state_dict", {})):
-            self._import_official(checkpoint)
         self.official_import = checkpoint.get("official_import")
         self.pool_categories = list(checkpoint.get("pool_categories", []))
         state = checkpoint.get("state_dict", {})

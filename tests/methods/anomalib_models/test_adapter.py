@@ -14,9 +14,10 @@ from sklearn.metrics import roc_auc_score
 
 from anomaly_zoo.backbones import FeatureExtractor
 from anomaly_zoo.backbones.offline_weights import load_efficientnet_lite0
+from anomaly_zoo.checkpoints.read import read_checkpoint
 from anomaly_zoo.methods.anomalib_models import AnomalibMethod, UnknownAnomalibModelError, model_class
 from anomaly_zoo.methods.anomalib_models.backbone_bridge import AnomalibModelError
-from anomaly_zoo.runner import read_checkpoint, run
+from anomaly_zoo.runner import run
 
 SEED = 7
 

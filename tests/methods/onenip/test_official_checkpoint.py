@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from anomaly_zoo.backbones import FeatureExtractor
+from anomaly_zoo.checkpoints.model import load_checkpoint_weights
+from anomaly_zoo.checkpoints.official import OfficialCheckpointError, official_kind
 from anomaly_zoo.methods.onenip import OneNIP
-from anomaly_zoo.methods.onenip.official_checkpoint import OfficialCheckpointError, official_kind
-from anomaly_zoo.runner import load_checkpoint_weights
 
 KEYS = Path(__file__).parent / "official_keys"
 DTYPES = {"float32": torch.float32, "int64": torch.int64}

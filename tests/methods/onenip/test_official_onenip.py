@@ -24,10 +24,10 @@ import yaml
 from torch import nn
 
 from anomaly_zoo.backbones import FeatureExtractor
+from anomaly_zoo.checkpoints.model import load_checkpoint_weights
 from anomaly_zoo.data.context import TestContext
 from anomaly_zoo.methods.onenip import OneNIP
 from anomaly_zoo.methods.onenip.torch_model import reconstruction_error_map
-from anomaly_zoo.runner import load_checkpoint_weights
 
 ROOT = os.environ.get("ANOMALY_ZOO_OFFICIAL_ONENIP")
 pytestmark = pytest.mark.skipif(

@@ -10,9 +10,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from anomaly_zoo.checkpoints.read import CheckpointError, read_checkpoint
 from anomaly_zoo.data.context import distinct_by_category
 from anomaly_zoo.evaluation.threshold import recorded_threshold
-from anomaly_zoo.runner import CheckpointError, instantiate_method, read_checkpoint, run
+from anomaly_zoo.runner import instantiate_method, run
 from tests.helpers.cli import run_module
 
 TINY = [
@@ -129,8 +130,9 @@ def test_two_process_ddp_ranks_end_with_identical_weights(synthetic_root, tmp_pa
 
 
 def test_unknown_class_images_get_a_prompt_by_similarity(compose_cfg, tmp_path):
+    from anomaly_zoo.checkpoints.model import load_checkpoint_weights
     from anomaly_zoo.data import AnomalyDataModule
-    from anomaly_zoo.runner import instantiate_method, load_checkpoint_weights
+    from anomaly_zoo.runner import instantiate_method
 
     cfg, _ = _run(compose_cfg, ["trainer.limit_train_batches=1"], tmp_path)
     method = instantiate_method(cfg)

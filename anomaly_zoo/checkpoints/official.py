@@ -1,4 +1,4 @@
-"""Official OneNIP / UniAD checkpoints (github.com/gaobb/OneNIP) → this framework's OneNIP state dict.
+"""Official OneNIP / UniAD checkpoints (github.com/gaobb/OneNIP) → this framework's OneNIP checkpoint.
 
 `tools/train_val.py` saves `{"state_dict": model.state_dict(), ...}` of a DDP-wrapped `ModelHelper`: keys
 `module.backbone.*` (lukemelas EfficientNet-b4, frozen) and `module.reconstruction.*` (the transformer, and for
@@ -16,6 +16,7 @@ import torch
 
 from anomaly_zoo.backbones.lukemelas import is_lukemelas_state, lukemelas_to_timm, unused_lukemelas_keys
 from anomaly_zoo.methods.base import CheckpointFormatError
+from anomaly_zoo.methods.onenip.lightning_model import POSITION_LAYOUT
 
 if TYPE_CHECKING:
     from anomaly_zoo.methods.onenip.lightning_model import OneNIP
@@ -62,6 +63,11 @@ class OfficialCheckpointError(CheckpointFormatError):
     """An official checkpoint that does not fit the configured model (kind, size, depth)."""
 
 
+def has_backbone(state_dict: dict[str, Any]) -> bool:
+    """Whether an official file holds its frozen backbone (every released one does): then it is the weight source."""
+    return any(k.removeprefix("module.").startswith("backbone.") for k in state_dict)
+
+
 def official_kind(state_dict: dict[str, Any]) -> str | None:
     """'onenip' or 'uniad' for a state dict written by the official code, else None."""
     keys = [k.removeprefix("module.") for k in state_dict]
@@ -79,6 +85,24 @@ def _framework_key(official: str) -> str | None:
             # evaluate the refiner's "{a+b}" index arithmetic
             return re.sub(r"\{(\d+)\+(\d+)\}", lambda g: str(int(g[1]) + int(g[2])), key)
     return None
+
+
+def to_framework_checkpoint(checkpoint: dict[str, Any], model: OneNIP) -> dict[str, Any]:
+    """An official checkpoint as this framework's, for `model` (renamed weights; an empty prompt pool and unit scale
+    for `complete_from_training_data` to fill; `official_import` records the kind and the unused official keys)."""
+    kind = {"dynamic": "onenip", "query": "uniad"}.get(model.hparams.decoder)
+    if kind is None:
+        raise OfficialCheckpointError(f"official checkpoints are OneNIP (decoder=dynamic) or UniAD (decoder=query) "
+                                      f"models, not method.decoder={model.hparams.decoder}")  # fmt: skip
+    state, unused = convert_official_state(checkpoint["state_dict"], model, kind)
+    state.update(
+        pool_features=model.pool_features.new_empty(0, *model.pool_features.shape[1:]),
+        pool_category=model.pool_category.new_empty(0),
+        rec_scale=torch.tensor(1.0),
+        feature_statistics_fitted=torch.tensor(False),
+    )
+    return {"state_dict": state, "position_layout": POSITION_LAYOUT, "pool_categories": [],
+            "official_import": {"kind": kind, "unused_keys": unused}}  # fmt: skip
 
 
 def convert_official_state(
