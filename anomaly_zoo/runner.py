@@ -329,8 +329,9 @@ def evaluation_config(cfg: DictConfig, fit: bool) -> DictConfig:
 
 
 def run_job(cfg: DictConfig, fit: bool) -> dict[str, Any] | None:
-    """What the entry points call: skips a run already finished with the same config (unless force=true) and,
-    inside a multirun, records a failed run in its results.json instead of stopping the sweep."""
+    """What the entry points call: skips a run already finished with the same config (unless force=true; then it
+    returns only that run's results path and recorded objective) and, inside a multirun, records a failed run in its
+    results.json instead of stopping the sweep."""
     cfg = evaluation_config(cfg, fit)  # the key of a test includes the model it takes from the checkpoint
     key = config_key(cfg)
     if not cfg.get("force", False):

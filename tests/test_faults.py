@@ -337,7 +337,8 @@ def test_a_run_folder_of_another_config_is_refused_and_left_as_it_was(compose_cf
     assert tree_hash(folder) == before
     # the same config (a progress-bar toggle aside) is recognised as finished and skipped
     same = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.3", "trainer.enable_progress_bar=true"])
-    assert run_job(same, fit=False) is None and tree_hash(folder) == before
+    skipped = run_job(same, fit=False)  # a skipped run returns where its results are (and no new results)
+    assert skipped == {"results_path": str(folder / "results.json"), "objective": None} and tree_hash(folder) == before
 
 
 def test_existing_folder_version_puts_another_config_in_a_new_version_folder(compose_cfg, tmp_path):
@@ -353,7 +354,8 @@ def test_existing_folder_version_puts_another_config_in_a_new_version_folder(com
     assert untouched == before  # the first run's files are as they were
     # the same command again finds its finished run in version_1 (skipped); a third config gets version_2
     again = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.7", "existing_folder=version"])
-    assert run_job(again, fit=False) is None and not (folder / "version_2").exists()
+    skipped = run_job(again, fit=False)
+    assert skipped["results_path"] == str(folder / "version_1" / "results.json") and not (folder / "version_2").exists()
     third = compose_cfg("test", [*PIXEL, *QUICK, "+method.reference=0.5", "existing_folder=version"])
     run_job(third, fit=False)
     assert json.loads((folder / "version_2" / "results.json").read_text())["config"]["method"]["reference"] == 0.5
