@@ -818,3 +818,38 @@ def test_concurrent_sweeps_into_one_folder_run_each_job_once_and_report_only_the
         result = json.loads((sweep / n / "results.json").read_text())
         assert result["status"] == "ok" and result["config"]["method"]["lr"] == lr
         assert len(list((sweep / n).rglob("metrics.csv"))) == 1, "trained once"
+
+
+def test_an_existing_read_only_folder_is_named_as_unwritable():
+    """The third case of an unwritable run folder: it exists but this user may not write to it. Root may write
+    anywhere, so as root the check runs as the unprivileged user `nobody` (setpriv), in a folder it can reach."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="anomaly_zoo_ro_"))  # pytest's tmp_path is private to its user
+    base.chmod(0o755)
+    folder = base / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        _check_read_only(folder)
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(base)
+
+
+def _check_read_only(folder: Path) -> None:
+    import shutil
+
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from anomaly_zoo.hydra_callbacks import folder_problem; "
+            "print(folder_problem(sys.argv[1]))")  # fmt: skip
+    command = [sys.executable, "-c", code, str(folder / "run"), str(ROOT)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: cannot act as a user without write permission")
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and "anomaly_zoo" not in proc.stderr:
+        pytest.skip(f"the unprivileged user cannot start this Python: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{folder} cannot be written (Permission denied)"
