@@ -171,6 +171,22 @@ LOCK_FILE = ".lock"
 _held_locks: dict[Path, int] = {}
 
 
+#: Environment variables by which data-parallel launchers (Lightning's, torchrun, SLURM's srun) number processes.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def secondary_rank() -> bool:
+    """A data-parallel process other than global rank 0: Lightning starts ranks 1.. after rank 0 has claimed the run
+    folder, so they neither lock it (rank 0 holds the lock: waiting for it would hang both) nor write its records."""
+    for name in RANK_VARIABLES:
+        try:
+            if int(os.environ.get(name, "0")) != 0:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 def hold_run_folder(out: Path) -> None:
     """Hold `out` for this process (raises RunFolderBusyError naming the holder's pid when another process holds it)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -236,6 +252,8 @@ def claim_run_folder(cfg: DictConfig, key: str, fit: bool) -> Path | None:
             )
     elif found is not None and found.get("status") != "ok" and fit:
         resume = newest_checkpoint(out)
+    if secondary_rank():  # rank 0 started this process after claiming (and holding) the folder: it is rank 0's
+        return resume
     hold_run_folder(out)  # after the checks (a refused folder gets no lock file); then check again, held
     if _recorded_run(out) != found:  # another process ran here between the check and the lock
         release_run_folder(out)

@@ -853,3 +853,22 @@ def _check_read_only(folder: Path) -> None:
         pytest.skip(f"the unprivileged user cannot start this Python: {proc.stderr.strip()[:200]}")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"{folder} cannot be written (Permission denied)"
+
+
+@pytest.mark.parametrize(("variable", "value", "secondary"),
+                         [("LOCAL_RANK", "1", True), ("NODE_RANK", "2", True), ("SLURM_PROCID", "3", True),
+                          ("RANK", "0", False), ("LOCAL_RANK", "x", False)])  # fmt: skip
+def test_only_rank_zero_holds_the_run_folder(variable, value, secondary, monkeypatch, tmp_path, compose_cfg):
+    """Lightning starts ranks 1.. after rank 0 has claimed the folder: they must not wait for its lock (a hang, both
+    DDP evaluation tests end to end) nor write its records."""
+    from anomaly_zoo.runner import RANK_VARIABLES, claim_run_folder, config_key, release_run_folder, secondary_rank
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value)
+    assert secondary_rank() is secondary
+    cfg = compose_cfg("test", [*PIXEL, *QUICK])
+    out = Path(cfg.paths.output_dir)
+    assert claim_run_folder(cfg, config_key(cfg), fit=False) is None
+    assert (out / "run.json").exists() is not secondary and (out / ".lock").exists() is not secondary
+    release_run_folder(out)
