@@ -127,7 +127,7 @@ def identity_differences(cfg: DictConfig, meta: dict[str, Any], explicit: set[st
     diffs = []
     wanted = method_name(cfg)
     if wanted != meta["method"] and _asked(explicit, "method"):
-        diffs.append(f"method: the checkpoint's {meta['method']}, this run's {wanted}")
+        diffs.append(f"method: written by method={meta['method']}, this run asks for method={wanted}")
     size = cfg.dataset.image_size
     size = list(size) if OmegaConf.is_list(size) else [size, size]
     if size != list(meta["image_size"]) and _asked(explicit, "dataset.image_size"):
