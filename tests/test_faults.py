@@ -849,7 +849,8 @@ def _check_read_only(folder: Path) -> None:
             pytest.skip("running as root without setpriv: cannot act as a user without write permission")
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0 and "anomaly_zoo" not in proc.stderr:
+    # the unprivileged user may not reach this Python or this checkout (a clone in a private folder): nothing to test
+    if proc.returncode != 0 and ("anomaly_zoo" not in proc.stderr or "No module named 'anomaly_zoo'" in proc.stderr):
         pytest.skip(f"the unprivileged user cannot start this Python: {proc.stderr.strip()[:200]}")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"{folder} cannot be written (Permission denied)"
