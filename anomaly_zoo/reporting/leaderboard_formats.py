@@ -64,7 +64,8 @@ def metric_table(title: str, rows: list[Row], category: str | None) -> str:
     return "\n".join(lines)
 
 
-def _cost_value(row: Row, key: str) -> Any:
+def cost_value(row: Row, key: str) -> Any:
+    """The mean over the row's runs (a number), or the first run's value (device, precision)."""
     values: list[Any] = [v for v in ((r.cost or {}).get(key) for r in row.runs) if v is not None]
     if not values:
         return None
@@ -79,7 +80,7 @@ def cost_table(rows: list[Row]) -> str:
     for row in rows:
         if row.status != "ok":
             continue
-        c = {k: _cost_value(row, k) for k in COST_COLUMNS}
+        c = {k: cost_value(row, k) for k in COST_COLUMNS}
 
         def num(v: Any, scale: float = 1.0, digits: int = 1) -> str:
             return "" if v is None else f"{v / scale:.{digits}f}"

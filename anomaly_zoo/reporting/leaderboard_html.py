@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from anomaly_zoo.metrics import METRIC_NAMES
-from anomaly_zoo.reporting.leaderboard_formats import COST_COLUMNS, TIE
+from anomaly_zoo.reporting.leaderboard_formats import COST_COLUMNS, TIE, cost_value
 from anomaly_zoo.reporting.rows import Row
 
 THUMBNAILS = 3
@@ -95,11 +95,9 @@ def _thumbnails(row: Row, page: Path) -> str:
 
 
 def _cost_td(row: Row, key: str) -> str:
-    """The mean over the row's runs (a number), or the first run's value (device, precision)."""
-    values: list = [(r.cost or {}).get(key) for r in row.runs if (r.cost or {}).get(key) is not None]
-    if not values:
+    value = cost_value(row, key)
+    if value is None:
         return "<td data-value=''></td>"
-    value = sum(values) / len(values) if isinstance(values[0], int | float) else values[0]
     shown = f"{value:.4g}" if isinstance(value, float) else str(value)
     return f"<td data-value='{html.escape(str(value))}'>{html.escape(shown)}</td>"
 
