@@ -39,7 +39,7 @@ bench:
 	$(PY) experiments/bench_onenip.py
 	$(PY) experiments/bench_coreset.py
 	$(PY) experiments/bench_synthesis.py
-	$(PY) experiments/bench_bootstrap.py
+	$(PY) experiments/bench_bootstrap.py --pixel
 
 # Every GPU measurement of issue 18 in one budget (experiments/bench_gpu.py; --tiny on a CPU). Needs no install:
 # the repository goes on PYTHONPATH. On a bare CUDA machine: `make bench-gpu PY=python3` (see experiments/README.md).

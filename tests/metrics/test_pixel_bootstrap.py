@@ -12,11 +12,12 @@ from tests.metrics.test_suite import random_case
 
 
 @pytest.mark.parametrize("levels", [None, 6])  # continuous maps, and maps with many ties (6 grey levels)
-def test_every_resample_equals_the_suite_on_the_resampled_images(levels):
+@pytest.mark.parametrize("chunk", [16384, 7])  # one block, and many blocks of defect values (carried sums)
+def test_every_resample_equals_the_suite_on_the_resampled_images(levels, chunk):
     scores, labels, maps, masks = random_case(21, n=10, levels=levels)
     counts = stratified_resamples(labels, ["c"] * len(labels), 12, seed=3)
     counts[0] = 1  # the original test set itself
-    got = PixelResampler(maps, masks).metrics(counts)
+    got = PixelResampler(maps, masks).metrics(counts, chunk=chunk)
     for b in range(len(counts)):
         chosen = np.repeat(np.arange(len(labels)), counts[b])
         expected = compute_metrics(scores[chosen], labels[chosen], maps[chosen], masks[chosen])
