@@ -34,12 +34,16 @@ lint:
 typecheck:
 	$(PY) -m mypy
 
+# ADEval (the binned accumulator bench_metrics compares the suite with) goes into .bench-deps/, not the virtualenv:
+# it declares opencv-python, which would clash with the opencv-python-headless anomalib installs (`pip check`).
 bench:
-	$(PY) experiments/bench_metrics.py
+	test -d .bench-deps/adeval || $(PIP) install --no-deps --target .bench-deps ADEval==1.1.0
+	PYTHONPATH=.bench-deps $(PY) experiments/bench_metrics.py
 	$(PY) experiments/bench_onenip.py
 	$(PY) experiments/bench_coreset.py
 	$(PY) experiments/bench_synthesis.py
 	$(PY) experiments/bench_bootstrap.py --pixel
+	$(PY) experiments/bench_eval_scale.py
 
 # Every GPU measurement of issue 18 in one budget (experiments/bench_gpu.py; --tiny on a CPU). Needs no install:
 # the repository goes on PYTHONPATH. On a bare CUDA machine: `make bench-gpu PY=python3` (see experiments/README.md).

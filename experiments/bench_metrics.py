@@ -1,12 +1,15 @@
 """Benchmark: the metric suite vs anomalib's AUROC, AUPR, F1Max and AUPRO on MVTec-sized input.
 
-    .venv/bin/python experiments/bench_metrics.py [--images 1725] [--size 256] [--sklearn]
+    .venv/bin/python experiments/bench_metrics.py [--images 1725] [--size 256] [--sklearn] [--adeval-strips 1000 ...]
 
 Generates 1,725 anomaly maps of 256x256 (MVTec AD's test-set size, 1,258 defective) with blob-shaped defects,
 times `compute_metrics` and anomalib's four metrics (image AUROC/AUPR/F1Max, pixel AUROC/AUPR/F1Max, AUPRO) in one
 process, and prints both times, the ratio, the largest absolute difference between the values and the suite's
 peak extra memory relative to the size of the maps. `--sklearn` also checks the pixel values against scikit-learn
-(slow). Results of a run are recorded in the README.
+(slow). Where ADEval (the binned accumulator ADer's benchmark uses; `make bench` installs it into .bench-deps/
+with --no-deps) is installed, it is timed on the same maps too, once per `--adeval-strips` value, with its score
+bounds set to the maps' true minimum and maximum (its most accurate setting). Results are recorded in the metrics
+README.
 """
 
 from __future__ import annotations
@@ -66,6 +69,22 @@ def anomalib_metrics(scores, labels, maps, masks) -> dict[str, float]:
     return out
 
 
+def adeval_metrics(scores, labels, maps, masks, nstrips: int) -> dict[str, float]:
+    """ADEval's `EvalAccumulator` fed every map, as ADer's evaluation does (binned: approximate by design)."""
+    from adeval import EvalAccumulator
+
+    if not hasattr(np, "trapz"):  # ADEval 1.1.0 calls np.trapz, which NumPy 2 renamed np.trapezoid
+        np.trapz = np.trapezoid  # type: ignore[attr-defined]
+
+    acc = EvalAccumulator(float(scores.min()), float(scores.max()), float(maps.min()), float(maps.max()),
+                          nstrips=nstrips)  # fmt: skip
+    acc.add_anomap_batch(maps, masks)
+    acc.add_image(scores, labels)
+    out = acc.summary()
+    return {"I-AUROC": out["i_auroc"], "I-AP": out["i_aupr"], "P-AUROC": out["p_auroc"], "P-AP": out["p_aupr"],
+            "PRO": out["p_aupro"]}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1725)
@@ -73,6 +92,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--sklearn", action="store_true", help="also check pixel metrics against scikit-learn")
     parser.add_argument("--skip-anomalib", action="store_true")
+    parser.add_argument("--adeval-strips", type=int, nargs="*", default=[1000, 10000])
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     print(
@@ -107,6 +127,18 @@ def main() -> None:
         diff = max(abs(ours[k] - rows["anomalib"][k]) for k in METRIC_NAMES)
         print(f"anomalib AUROC+AUPR+F1Max+AUPRO: {t_ref:.2f} s")
         print(f"speed-up: {t_ref / t_ours:.1f}x; max |difference| of the 7 values: {diff:.2e}")
+    try:
+        import adeval  # noqa: F401
+    except ImportError:
+        print("ADEval is not installed (make bench puts it into .bench-deps/): its comparison is skipped")
+        args.adeval_strips = []
+    for nstrips in args.adeval_strips:
+        t0 = time.perf_counter()
+        rows[f"ADEval {nstrips} strips"] = adeval_metrics(scores_np, labels_np, maps_np, masks_np, nstrips)
+        t_ref = time.perf_counter() - t0
+        diff = max(abs(ours[k] - v) for k, v in rows[f"ADEval {nstrips} strips"].items())
+        print(f"ADEval EvalAccumulator, {nstrips} strips: {t_ref:.2f} s = {t_ref / t_ours:.2f}x the suite's time; "
+              f"max |difference| {diff:.1e}")  # fmt: skip
     if args.sklearn:
         from sklearn.metrics import average_precision_score, roc_auc_score
 

@@ -28,11 +28,32 @@ class RankedScores:
 
     @classmethod
     def from_sorted(cls, pos: np.ndarray, neg: np.ndarray) -> RankedScores:
-        return cls(pos, neg, np.searchsorted(neg, pos, side="left"), np.searchsorted(neg, pos, side="right"))
+        below = np.searchsorted(neg, pos, side="left")
+        # The right-hand search only where a negative equals the positive: ties are rare in real maps, and the
+        # second full pass was 0.3 s of the metric benchmark's 113 M negatives.
+        upto = below.copy()
+        inside = np.flatnonzero(below < neg.size)
+        tied = inside[neg[below[inside]] == pos[inside]]
+        upto[tied] = np.searchsorted(neg, pos[tied], side="right")
+        return cls(pos, neg, below, upto)
 
     @property
     def defined(self) -> bool:
         return self.pos.size > 0 and self.neg.size > 0
+
+
+def stable_argsort(values: np.ndarray) -> np.ndarray:
+    """`np.argsort(values, kind="stable")` for float32, by sorting 64-bit keys (order-preserving bits of the value,
+    then the index) with numpy's SIMD sort: 0.05 s instead of 0.45 s for the metric benchmark's 2.1 M defect
+    pixels. -0.0 and +0.0 compare equal and keep their input order, as in a stable sort."""
+    if values.dtype != np.float32 or values.size >= 2**32:
+        return np.argsort(values, kind="stable")
+    bits = (values + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 is +0.0: one key for both zeros
+    # IEEE-754 bits in value order: negative numbers flipped entirely, positive ones with the sign bit set
+    ordered = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31)).astype(np.uint64)
+    keys = (ordered << np.uint64(32)) | np.arange(values.size, dtype=np.uint64)
+    keys.sort()
+    return (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
 
 
 def auroc(r: RankedScores) -> float:

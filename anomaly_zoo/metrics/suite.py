@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from anomaly_zoo.metrics.curves import RankedScores, ap_and_f1max, auroc, pro_auc
+from anomaly_zoo.metrics.curves import RankedScores, ap_and_f1max, auroc, pro_auc, stable_argsort
+from anomaly_zoo.metrics.memory import taken
 from anomaly_zoo.metrics.protocols import binned_pro, flipped, get_protocol
 
 METRIC_NAMES: tuple[str, ...] = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "PRO")
@@ -81,17 +82,21 @@ def _is_binary(arr: Any) -> bool:
 def _region_weights(masks: np.ndarray) -> np.ndarray:
     """Per defect pixel (in C order of masks[masks]) the weight 1 / (region size * number of regions)."""
     weights: list[np.ndarray] = []
-    sizes_all: list[np.ndarray] = []
+    n_regions_total = 0
     for mask in masks:
-        if not mask.any():
+        rows = np.flatnonzero(mask.any(1))
+        if not rows.size:
             continue
-        labelled, n_regions = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+        # Labelled within the defects' bounding box: the same regions and the same C order of the defect pixels,
+        # at a fraction of the cost (masks are mostly empty; 1.0 s -> 0.4 s on the metric benchmark's maps).
+        cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(0))
+        box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        labelled, n_regions = ndimage.label(box, structure=_EIGHT_CONNECTED)
         sizes = np.bincount(labelled.ravel(), minlength=n_regions + 1)
-        weights.append(1.0 / sizes[labelled[mask]])
-        sizes_all.append(sizes[1:])
+        weights.append(1.0 / sizes[labelled[box]])
+        n_regions_total += n_regions
     if not weights:
         return np.zeros(0, dtype=np.float64)
-    n_regions_total = sum(len(s) for s in sizes_all)
     return np.concatenate(weights) / n_regions_total
 
 
@@ -165,10 +170,11 @@ def _labels_from_masks(labels: np.ndarray, masks: Any, protocol: str) -> np.ndar
 
 def _rank_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[RankedScores, np.ndarray]:
     """Defect-pixel scores (sorted, stable) with their PRO weights, and all normal-pixel scores sorted."""
-    masks_b = masks.astype(bool)
+    # masks hold only 0 and 1 (checked): a one-byte integer array is read as booleans without a copy
+    masks_b = masks.view(bool) if masks.dtype.itemsize == 1 and masks.dtype.kind in "biu" else masks.astype(bool)
     maps_f = maps.astype(np.float32, copy=False)
     pos = maps_f[masks_b]  # boolean indexing copies, in C order: the order _region_weights uses
-    order = np.argsort(pos, kind="stable")  # defect pixels are few: an index is cheap here
+    order = stable_argsort(pos)
     pos, weights = pos[order], _region_weights(masks_b)[order]
     del order
     neg = maps_f[~masks_b]
@@ -222,11 +228,15 @@ def compute_category_metrics(
 
 
 def _take(arr: Any, idx: np.ndarray) -> np.ndarray:
+    if isinstance(arr, np.memmap):  # a large test split's buffer: the category read into RAM, the mapping released
+        return taken(arr, slice(idx[0], idx[-1] + 1) if _contiguous(idx) else idx)
     arr_np = _as_numpy(arr, "array")
     # Contiguous index ranges (the usual case: test sets are grouped by category) are views, not copies.
-    if idx.size and idx[-1] - idx[0] + 1 == idx.size:
-        return arr_np[idx[0] : idx[-1] + 1]
-    return arr_np[idx]
+    return arr_np[idx[0] : idx[-1] + 1] if _contiguous(idx) else arr_np[idx]
+
+
+def _contiguous(idx: np.ndarray) -> bool:
+    return bool(idx.size) and idx[-1] - idx[0] + 1 == idx.size
 
 
 def mean_over_categories(per_category: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

@@ -1,0 +1,36 @@
+"""Memory-mapped arrays that do not stay in this process's resident memory once read or written."""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+import numpy as np
+
+
+def release_pages(arr: Any) -> None:
+    """Drop a `np.memmap`'s pages from this process (MADV_DONTNEED on its shared file mapping); anything else is
+    left alone. The data stays in the file and the page cache (the kernel writes dirty shared pages back, and a
+    later access reads them again), but it no longer counts in, or holds, this process's resident memory."""
+    mapping = getattr(arr, "_mmap", None)
+    if isinstance(arr, np.memmap) and mapping is not None and hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def taken(arr: Any, index: slice | np.ndarray) -> Any:
+    """`arr[index]`; from a `np.memmap`, a copy in RAM, the mapping's pages released after the read."""
+    if isinstance(arr, np.memmap):
+        copy = np.array(arr[index])
+        release_pages(arr)
+        return copy
+    return arr[index]
+
+
+def any_per_row(arr: Any, rows_per_read: int = 1024) -> np.ndarray:
+    """(N,) whether each row of an (N, ...) array has a non-zero value, read `rows_per_read` rows at a time so
+    that a memory-mapped array never sits in memory whole."""
+    out = np.zeros(len(arr), dtype=bool)
+    for start in range(0, len(arr), rows_per_read):
+        out[start : start + rows_per_read] = taken(arr, slice(start, start + rows_per_read)).reshape(
+            min(rows_per_read, len(arr) - start), -1).any(1)  # fmt: skip
+    return out

@@ -1,0 +1,113 @@
+"""Benchmark: evaluation at Real-IAD scale, through the `EvaluationCollector` and the metric suite.
+
+    .venv/bin/python experiments/bench_eval_scale.py [--scales 1 10 50] [--categories 30] [--size 256]
+
+Per scale k, k x 1,725 test images (MVTec AD's test split; 50x is Real-IAD's order of magnitude) of size x size
+in `--categories` categories (Real-IAD has 30), fed batch by batch through the collector's test hooks exactly as
+a test run does (a stand-in trainer and data module, one process), then scored per category by the suite. The maps
+are the metric benchmark's 1,725 (`bench_metrics.make_input`) cycled, each copy shifted by its own random offset
+so that no two images share values. Each scale runs in a fresh process, so that its peak RSS is its own; the
+input generation is not timed. Prints per scale: images, GiB of maps, whether the buffer is memory-mapped, feed
+time, scoring time, peak RSS, and the scoring time relative to n log n from the first scale.
+Goal (issue 26): 50x scored with peak RSS under 8 GiB, time within n log n of the 1x figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+MVTEC_TEST_IMAGES = 1725
+
+
+def one_scale(scale: int, n_categories: int, size: int, batch: int = 32) -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_metrics import make_input
+
+    from anomaly_zoo.data.samples import Sample
+    from anomaly_zoo.evaluation.collector import EvaluationCollector
+
+    pool_scores, pool_labels, pool_maps, pool_masks = make_input(MVTEC_TEST_IMAGES, size, 1258)
+    n = scale * MVTEC_TEST_IMAGES
+    per_category = math.ceil(n / n_categories)
+    source = np.random.default_rng(0).permutation(n) % MVTEC_TEST_IMAGES  # which pool map each image is
+    labels = pool_labels.numpy()[source]
+    # grouped by category as the datamodule orders a test split; within a category normals and defects mixed
+    samples = [Sample(f"/bench/c{i // per_category}/{i}.png", None, int(labels[i]), f"c{i // per_category}")
+               for i in range(n)]  # fmt: skip
+    dataset = type("Split", (), {"size": (size, size), "samples": samples, "__len__": lambda self: n})()
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(test_dataset=dataset, root=None), is_global_zero=True,
+                              world_size=1, logger=None, limit_test_batches=1.0)  # fmt: skip
+    collector = EvaluationCollector(bootstrap_resamples=0)
+    offsets = torch.from_numpy(np.random.default_rng(1).random(n, dtype=np.float32) * 1e-3)
+    feed = 0.0
+    collector.on_test_start(trainer, None)  # type: ignore[arg-type]
+    for start in range(0, n, batch):
+        index = torch.arange(start, min(n, start + batch))
+        pick = torch.from_numpy(source[index.numpy()])
+        maps = pool_maps[pick] + offsets[index, None, None]
+        outputs = {"anomaly_maps": maps, "pred_scores": pool_scores[pick] + offsets[index]}
+        batch_in = {"index": index, "mask": pool_masks[pick]}
+        t0 = time.perf_counter()
+        collector.on_test_batch_end(trainer, None, outputs, batch_in, start // batch)  # type: ignore[arg-type]
+        feed += time.perf_counter() - t0
+    del pool_maps, pool_masks
+    memmapped = bool(collector.buffer is not None and collector.buffer.memmapped)
+    t0 = time.perf_counter()
+    collector.on_test_epoch_end(trainer, None)  # type: ignore[arg-type]
+    score = time.perf_counter() - t0
+    return {
+        "scale": scale,
+        "images": n,
+        "maps_gib": n * size * size * 4 / 2**30,
+        "memmapped": memmapped,
+        "feed_s": feed,
+        "score_s": score,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "mean_p_auroc": collector.mean["P-AUROC"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--categories", type=int, default=30)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--one-scale", type=int, help=argparse.SUPPRESS)  # the child process's job
+    args = parser.parse_args()
+    if args.one_scale:
+        print(json.dumps(one_scale(args.one_scale, args.categories, args.size)))
+        return
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {datetime.date.today()}")
+    first = None
+    for scale in args.scales:
+        out = subprocess.run([sys.executable, __file__, "--one-scale", str(scale), "--categories",
+                              str(args.categories), "--size", str(args.size)],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        pixels = row["images"] * args.size**2
+        first = first or (row["score_s"], pixels)
+        nlogn = first[0] * pixels * math.log(pixels) / (first[1] * math.log(first[1]))
+        print(
+            f"{scale:3d}x: {row['images']:6d} images, {row['maps_gib']:5.1f} GiB of maps"
+            f"{' (memory-mapped)' if row['memmapped'] else ''}: feed {row['feed_s']:6.1f} s, score "
+            f"{row['score_s']:6.1f} s (n log n from the first scale: {nlogn:6.1f} s), peak RSS "
+            f"{row['peak_rss_gib']:.2f} GiB, mean P-AUROC {row['mean_p_auroc']:.4f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
