@@ -29,9 +29,10 @@ def require_ground_truth(cfg: DictConfig, datamodule: Any) -> None:
     split = datamodule.options.get("test_split")
     category = datamodule.categories[0] if datamodule.categories else "<category>"
     raise ValueError(
-        f"{key}.test_split={split} is for prediction only: dataset={datamodule.name} publishes no ground truth for it, "
-        f"so there are no metrics to compute. Predict it instead: python -m anomaly_zoo.predict method=<method> "
-        f"ckpt_path=<checkpoint> input={datamodule.root}/{category}/{split} output=<folder> submission={datamodule.name}"
+        f"{key}.test_split={split} is for prediction only: dataset={datamodule.name} publishes no ground truth for "
+        f"it, so there are no metrics to compute. Predict it instead: python -m anomaly_zoo.predict "
+        f"method=<method> ckpt_path=<checkpoint> input={datamodule.root}/{category}/{split} output=<folder> "
+        f"submission={datamodule.name}"
     )
 
 

@@ -421,7 +421,12 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
 
 
 def _run_claimed(
-    cfg: DictConfig, fit: bool, key: str, method: AnomalyMethod, datamodules: tuple, auto_resume: Path | None,
+    cfg: DictConfig,
+    fit: bool,
+    key: str,
+    method: AnomalyMethod,
+    datamodules: tuple,
+    auto_resume: Path | None,
     start: float,
 ) -> dict[str, Any]:
     """`run` once the folder is claimed (and held); `datamodules`: the fitted one and the tested one."""
@@ -567,7 +572,7 @@ def predict(cfg: DictConfig) -> list:
     rows = predict_folder(
         method.to(device), cfg.input, cfg.output, cfg.dataset.image_size, threshold, source,
         batch_size=cfg.batch_size, category=cfg.get("category"), overwrite=cfg.overwrite,
-        normalization=cfg.dataset.normalization,
+        normalization=cfg.dataset.normalization, submission=cfg.get("submission"),
     )  # fmt: skip
     print(f"{len(rows)} images → {Path(cfg.output) / 'scores.csv'}, {Path(cfg.output) / 'report.html'}")
     return rows

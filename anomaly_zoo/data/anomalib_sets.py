@@ -41,49 +41,79 @@ def builders() -> dict[str, Any]:
     cats = anomalib_categories
     return {
         "mvtec_ad2": lambda: _info(
-            "mvtec_ad2", "MVTecAD2Dataset", "MVTecAD2", cats("mvtecad2"),
+            "mvtec_ad2",
+            "MVTecAD2Dataset",
+            "MVTecAD2",
+            cats("mvtecad2"),
             "{root}/{category}/train/good/*.png, validation/good/*.png, test_public/{good,bad}/*.png, "
             "test_public/ground_truth/bad/*_mask.png, test_private/*.png, test_private_mixed/*.png",
             "https://www.mvtec.com/company/research/datasets/mvtec-ad-2 (dataset.download=true fetches it via "
-            "anomalib)", "CC BY-NC-SA 4.0",
-            options=(("test_split", "test_public"),), own_val_split=True,
+            "anomalib)",
+            "CC BY-NC-SA 4.0",
+            options=(("test_split", "test_public"),),
+            own_val_split=True,
         ),
         "realiad": lambda: _info(
-            "realiad", "RealIADDataset", None, cats("realiad"),  # anomalib's RealIAD datamodule only prints how
+            "realiad",
+            "RealIADDataset",
+            None,
+            cats("realiad"),  # anomalib's RealIAD datamodule only prints how
             "{root}/realiad_{resolution}/{category}/{OK,NG/<defect>}/S<id>/*_C<view>_*.jpg (+ *_mask.png for NG), "
             "split files {root}/realiad_jsons/realiad_jsons[_sv]/{category}.json",
             "https://huggingface.co/datasets/REAL-IAD/Real-IAD (gated: request access, download the "
-            "realiad_<resolution> and realiad_jsons archives and unzip them into dataset.root)", "CC BY-NC-SA 4.0",
-            options=(("resolution", 256), ("json_path", "multi_view")), extensions=(".jpg", ".png", ".PNG", ".JPG"),
+            "realiad_<resolution> and realiad_jsons archives and unzip them into dataset.root)",
+            "CC BY-NC-SA 4.0",
+            options=(("resolution", 256), ("json_path", "multi_view")),
+            extensions=(".jpg", ".png", ".PNG", ".JPG"),
         ),
         "mvtec_loco": lambda: _info(
-            "mvtec_loco", "MVTecLOCODataset", None, cats("mvtec_loco"),
+            "mvtec_loco",
+            "MVTecLOCODataset",
+            None,
+            cats("mvtec_loco"),
             "{root}/{category}/train/good, validation/good, test/{good,logical_anomalies,structural_anomalies}/*.png, "
             "ground_truth/<kind>/<image>/000.png (one PNG per defect region), {category}/defects_config.json",
             "https://www.mvtec.com/company/research/datasets/mvtec-loco (dataset.download=true fetches it via "
-            "anomalib's download link)", "CC BY-NC-SA 4.0", own_val_split=True,
+            "anomalib's download link)",
+            "CC BY-NC-SA 4.0",
+            own_val_split=True,
         ),
         "kolektor": lambda: _info(
-            "kolektor", "KolektorDataset", "Kolektor", ("kolektor",),
+            "kolektor",
+            "KolektorDataset",
+            "Kolektor",
+            ("kolektor",),
             "{root}/kos<NN>/Part<N>.jpg + Part<N>_label.bmp (KolektorSDD; normal = an all-black label; anomalib "
             "splits the normals 80/20 into train/test, seed 42)",
             "https://www.vicos.si/resources/kolektorsdd/ (dataset.download=true fetches it via anomalib)",
-            "CC BY-NC-SA 4.0", extensions=(".jpg", ".bmp"), category_dirs=False,
+            "CC BY-NC-SA 4.0",
+            extensions=(".jpg", ".bmp"),
+            category_dirs=False,
         ),
         "autovi": lambda: _info(
-            "autovi", "AutoVIDataset", "AutoVI", cats("autovi"),
+            "autovi",
+            "AutoVIDataset",
+            "AutoVI",
+            cats("autovi"),
             "{root}/{category}/train/good/*.png, test/<good|defect>/*.png, ground_truth/<defect>/<image>/0000.png",
             "https://doi.org/10.5281/zenodo.10459003 (dataset.download=true fetches it via anomalib)",
-            "CC BY-NC-SA 4.0 (Renault Group)", extensions=(".png", ".PNG", ".jpg", ".JPG", ".jpeg", ".JPEG"),
+            "CC BY-NC-SA 4.0 (Renault Group)",
+            extensions=(".png", ".PNG", ".jpg", ".JPG", ".jpeg", ".JPEG"),
         ),
         "vad": lambda: _info(
-            "vad", "VADDataset", "VAD", cats("vad"),
+            "vad",
+            "VADDataset",
+            "VAD",
+            cats("vad"),
             "{root}/vad/train/good/*.png, test/<good|bad>/*.png, ground_truth/bad/<image>[_mask].png",
             "Valeo Anomaly Dataset, https://eu.mydrive.ch (anomalib's link; dataset.download=true fetches it)",
             "CC BY-NC-SA 4.0",
         ),
         "bmad": lambda: _info(
-            "bmad", "BMADDataset", "BMAD", cats("bmad"),
+            "bmad",
+            "BMADDataset",
+            "BMAD",
+            cats("bmad"),
             "{root}/{category}/train/good/*.png, test/<good|Ungood>/img/*.png (+ label/*.png masks where the "
             "sub-dataset has them), valid/...",
             "https://github.com/DorisBao/BMAD (dataset.download=true fetches anomalib's packaged copy)",
@@ -91,12 +121,17 @@ def builders() -> dict[str, Any]:
             mask_free_categories=("Chest", "Histopathology", "Retina_OCT2017"),
         ),
         "kaputt": lambda: _info(
-            "kaputt", "KaputtDataset", "Kaputt", cats("kaputt"),
+            "kaputt",
+            "KaputtDataset",
+            "Kaputt",
+            cats("kaputt"),
             "{root}/datasets/{query,reference}-{train,validation,test}.parquet, {root}/query-{image,crop,mask}/..., "
             "{root}/reference-{image,crop}/... (categories are item materials)",
             "https://huggingface.co/datasets/amazon/kaputt (gated: accept its terms; dataset.download=true fetches it "
-            "via anomalib with an HF token)", "CC BY-NC-ND 4.0",
-            options=(("image_type", "image"), ("image_mode", "query_only")), category_dirs=False,
+            "via anomalib with an HF token)",
+            "CC BY-NC-ND 4.0",
+            options=(("image_type", "image"), ("image_mode", "query_only")),
+            category_dirs=False,
             extensions=(".jpg", ".png"),
         ),
     }
@@ -110,8 +145,8 @@ def check_options(info: DatasetInfo, options: Mapping[str, Any]) -> dict[str, An
         takes = f"its own keys: {', '.join(known)}" if known else "it takes no keys beyond the common ones"
         raise ValueError(f"dataset.{unknown[0]} is not a key of dataset={info.name} ({takes})")
     chosen = {**known, **options}
-    allowed = {"test_split": MVTEC_AD2_TEST_SPLITS, "resolution": REALIAD_RESOLUTIONS,
-               "image_type": ("image", "crop"), "image_mode": ("query_only", "query_and_reference", "reference_only")}  # fmt: skip
+    allowed = {"test_split": MVTEC_AD2_TEST_SPLITS, "resolution": REALIAD_RESOLUTIONS, "image_type": ("image", "crop"),
+               "image_mode": ("query_only", "query_and_reference", "reference_only")}  # fmt: skip
     for key, values in allowed.items():
         if key in chosen and str(chosen[key]) not in values:
             raise ValueError(f"dataset.{key}={chosen[key]!r} is not one of {', '.join(values)}")
@@ -181,7 +216,7 @@ def _object_strings(info: DatasetInfo) -> Iterator[None]:
     if info.name != "mvtec_loco":
         yield
         return
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]
 
     with warnings.catch_warnings(), pd.option_context("future.infer_string", False):
         warnings.filterwarnings("ignore", message=".*future.infer_string.*")

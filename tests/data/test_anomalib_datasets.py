@@ -149,16 +149,17 @@ def _loco(root: Path, config: bool = True) -> dict[str, str]:
          "l1": _mask(cat / "ground_truth/logical_anomalies/000/001.png", (10, 10, 12, 12), 254),
          "s0": _mask(cat / "ground_truth/structural_anomalies/000/000.png", (4, 4, 8, 8))}  # fmt: skip
     if config:
-        (cat / "defects_config.json").write_text(json.dumps([{"defect_name": "missing_item", "pixel_value": 255,
-                                                              "saturation_threshold": 100, "relative_saturation": False}]))  # fmt: skip
+        config = [{"defect_name": "missing_item", "pixel_value": 255, "saturation_threshold": 100,
+                   "relative_saturation": False}]  # fmt: skip
+        (cat / "defects_config.json").write_text(json.dumps(config))
     return w
 
 
 def test_mvtec_loco_anomaly_kinds_and_several_masks_per_image(tmp_path):
     w = _loco(tmp_path)
     test = {s.image_path: s for s in _split("mvtec_loco", tmp_path, "breakfast_box", "test")}
-    assert {p: s.anomaly_kind for p, s in test.items()} == {
-        w["good"]: "good", w["logical"]: "logical_anomalies", w["structural"]: "structural_anomalies"}
+    kinds = {w["good"]: "good", w["logical"]: "logical_anomalies", w["structural"]: "structural_anomalies"}
+    assert {p: s.anomaly_kind for p, s in test.items()} == kinds
     assert test[w["logical"]].masks == (w["l0"], w["l1"]) and test[w["structural"]].masks == (w["s0"],)
     assert test[w["good"]].masks == () and test[w["logical"]].label == 1 and test[w["good"]].label == 0
     dm = AnomalyDataModule("mvtec_loco", str(tmp_path), protocol="per_category", category="breakfast_box",
@@ -182,8 +183,8 @@ def test_mvtec_loco_without_defects_config_names_the_file(tmp_path):
 def test_kolektor_labels_come_from_the_masks(tmp_path):
     written = {}
     for item, part, defect in [("kos01", 0, False), ("kos01", 1, True), *[("kos02", i, False) for i in range(5)]]:
-        written[(item, part)] = (_image(tmp_path / item / f"Part{part}.jpg"),
-                                 _mask(tmp_path / item / f"Part{part}_label.bmp", (1, 1, 5, 5) if defect else None))  # fmt: skip
+        mask = _mask(tmp_path / item / f"Part{part}_label.bmp", (1, 1, 5, 5) if defect else None)
+        written[(item, part)] = (_image(tmp_path / item / f"Part{part}.jpg"), mask)
     train = _split("kolektor", tmp_path, "kolektor", "train")
     test = _split("kolektor", tmp_path, "kolektor", "test")
     assert {s.label for s in train} == {0} and len(train) + len(test) == 7
@@ -248,8 +249,8 @@ def test_kaputt_trains_on_normals_only(tmp_path):
     train = _split("kaputt", tmp_path, "cardboard", "train")
     assert [(Path(s.image_path).name, s.label) for s in train] == [("train_0.jpg", 0)]
     test = _split("kaputt", tmp_path, "cardboard", "test")
-    assert [(Path(s.image_path).name, s.label, bool(s.mask_path)) for s in test] == [("test_0.jpg", 0, False),
-                                                                                    ("test_1.jpg", 1, True)]  # fmt: skip
+    found = [(Path(s.image_path).name, s.label, bool(s.mask_path)) for s in test]
+    assert found == [("test_0.jpg", 0, False), ("test_1.jpg", 1, True)]
 
 
 @pytest.mark.parametrize("name", ["mvtec_ad2", "mvtec_loco", "kolektor", "autovi", "vad", "bmad", "kaputt", "realiad"])
@@ -259,6 +260,17 @@ def test_every_dataset_has_a_config_a_source_and_a_licence(name):
     from tests.conftest import CONF_DIR
 
     info = get_dataset_info(name)
-    assert info.source.startswith("http") or "https://" in info.source and info.licence
+    assert "https://" in info.source and info.licence
     cfg = OmegaConf.load(Path(CONF_DIR) / "dataset" / f"{name}.yaml")
     assert cfg.name == name and all(key in cfg for key, _ in info.options)
+
+
+def test_results_images_table_keeps_object_ids_and_anomaly_kinds_where_samples_have_them(tmp_path):
+    from anomaly_zoo.data import Sample
+    from anomaly_zoo.evaluation.per_image import image_table
+
+    views = [Sample(str(tmp_path / f"c/NG/S1/v{i}.jpg"), None, 1, "c", sample_id="c/NG/S1") for i in (1, 2)]
+    table = image_table(views, np.array([0.2, 0.9]), np.array([1, 1]), str(tmp_path))
+    assert table["sample_id"] == ["c/NG/S1", "c/NG/S1"] and "anomaly_kind" not in table
+    plain = image_table([Sample(str(tmp_path / "a.png"), None, 0, "c")], np.array([0.1]), np.array([0]), None)
+    assert set(plain) == {"path", "category", "label", "defect", "score"}

@@ -36,7 +36,10 @@ def test_metrics_on_a_split_without_ground_truth_are_refused(compose_cfg, tmp_pa
         Image.new("RGB", (16, 16)).save(tmp_path / rel)
     cfg = compose_cfg("train", ["dataset=mvtec_ad2", f"dataset.root={tmp_path}", "dataset.protocol=per_category",
                                 "dataset.category=can", "dataset.test_split=test_private"])  # fmt: skip
-    with pytest.raises(ValueError, match=r"^dataset.test_split=test_private is for prediction only: .*"
-                       r"python -m anomaly_zoo.predict .*input=.*/can/test_private .*submission=mvtec_ad2$"):  # fmt: skip
+    refusal = (
+        r"^dataset.test_split=test_private is for prediction only: .*"
+        r"python -m anomaly_zoo.predict .*input=.*/can/test_private .*submission=mvtec_ad2$"
+    )
+    with pytest.raises(ValueError, match=refusal):
         run(cfg, fit=True)
     assert not (Path(cfg.paths.output_dir) / "run.json").exists()  # refused before claiming a folder
