@@ -193,20 +193,19 @@ def test_kolektor_labels_come_from_the_masks(tmp_path):
     assert {s.category for s in train + test} == {"kolektor"}
 
 
-def test_autovi_and_vad(tmp_path):
-    cat = tmp_path / "autovi" / "engine_wiring"
+@pytest.mark.parametrize(
+    ("name", "category", "defect", "mask"),
+    [("autovi", "engine_wiring", "fastening", "ground_truth/fastening/0002/0000.png"),
+     ("vad", "vad", "bad", "ground_truth/bad/0002_mask.png")],
+)  # fmt: skip
+def test_autovi_and_vad(tmp_path, name, category, defect, mask):
+    """MVTec-like test folders; masks in a folder per image (AutoVI) or beside each other (VAD)."""
+    cat = tmp_path / category
     train, good = _image(cat / "train/good/0000.png"), _image(cat / "test/good/0001.png")
-    bad, mask = _image(cat / "test/fastening/0002.png"), _mask(cat / "ground_truth/fastening/0002/0000.png")
-    assert [s.image_path for s in _split("autovi", tmp_path / "autovi", "engine_wiring", "train")] == [train]
-    test = _split("autovi", tmp_path / "autovi", "engine_wiring", "test")
-    assert [(s.image_path, s.label, s.mask_path) for s in test] == [(bad, 1, mask), (good, 0, None)]
-
-    vad = tmp_path / "vad_root" / "vad"
-    train, good = _image(vad / "train/good/000.png"), _image(vad / "test/good/001.png")
-    bad, mask = _image(vad / "test/bad/002.png"), _mask(vad / "ground_truth/bad/002_mask.png")
-    assert [s.image_path for s in _split("vad", tmp_path / "vad_root", "vad", "train")] == [train]
-    test = _split("vad", tmp_path / "vad_root", "vad", "test")
-    assert [(s.image_path, s.label, s.mask_path) for s in test] == [(bad, 1, mask), (good, 0, None)]
+    bad, mask_file = _image(cat / f"test/{defect}/0002.png"), _mask(cat / mask)
+    assert [s.image_path for s in _split(name, tmp_path, category, "train")] == [train]
+    test = _split(name, tmp_path, category, "test")
+    assert [(s.image_path, s.label, s.mask_path) for s in test] == [(bad, 1, mask_file), (good, 0, None)]
 
 
 def test_bmad_sub_datasets_with_and_without_masks(tmp_path):
@@ -274,3 +273,15 @@ def test_results_images_table_keeps_object_ids_and_anomaly_kinds_where_samples_h
     assert table["sample_id"] == ["c/NG/S1", "c/NG/S1"] and "anomaly_kind" not in table
     plain = image_table([Sample(str(tmp_path / "a.png"), None, 0, "c")], np.array([0.1]), np.array([0]), None)
     assert set(plain) == {"path", "category", "label", "defect", "score"}
+
+
+def test_download_where_anomalib_cannot_says_where_to_get_the_data(tmp_path):
+    dm = AnomalyDataModule("realiad", str(tmp_path / "Real-IAD"), categories=["audiojack"], download=True)
+    where = (
+        r"^dataset=realiad cannot be downloaded automatically .*https://huggingface.co/datasets/REAL-IAD/Real-IAD"
+        r".*put it under .*Real-IAD as \{root\}/realiad_"
+    )
+    with pytest.raises(DatasetLayoutError, match=where):
+        dm.prepare_data()
+    _realiad(tmp_path / "Real-IAD")
+    dm.prepare_data()  # there already: nothing to fetch
