@@ -35,6 +35,7 @@ from anomaly_zoo.checkpoints.model import (
     model_metadata,
 )
 from anomaly_zoo.checkpoints.read import CheckpointError, read_checkpoint
+from anomaly_zoo.cross_dataset import dataset_record, require_ground_truth, test_context, test_datamodule
 from anomaly_zoo.errors import one_line
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
 from anomaly_zoo.evaluation.cost import cost_record
@@ -404,22 +405,32 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     method = instantiate_method(cfg)
     datamodule = instantiate_datamodule(cfg, method)
+    test_dm = test_datamodule(cfg, method, datamodule)  # the same one unless test_dataset=<name> (cross-dataset)
+    require_ground_truth(cfg, test_dm)
     method.check_normalization(datamodule.normalization)
-    datamodule.prepare_data()  # what fit/test would do first (generate the synthetic set, download where asked)
-    datamodule.setup("fit" if fit else "test")
-    check_split(datamodule.test_dataset.samples, datamodule.require_masks)  # before hours of training
+    for dm in dict.fromkeys((datamodule, test_dm)):
+        dm.prepare_data()  # what fit/test would do first (generate the synthetic set, download where asked)
+        dm.setup("fit" if fit and dm is datamodule else "test")
+    check_split(test_dm.test_dataset.samples, test_dm.require_masks)  # before hours of training
     auto_resume = claim_run_folder(cfg, key, fit)  # after the checks: a refused config leaves no record behind
     out = output_dir(cfg)  # existing_folder=version may have moved the run
     try:
-        return _run_claimed(cfg, fit, key, method, datamodule, auto_resume, start)
+        return _run_claimed(cfg, fit, key, method, (datamodule, test_dm), auto_resume, start)
     finally:
         release_run_folder(out)
 
 
 def _run_claimed(
-    cfg: DictConfig, fit: bool, key: str, method: AnomalyMethod, datamodule, auto_resume: Path | None, start: float
+    cfg: DictConfig,
+    fit: bool,
+    key: str,
+    method: AnomalyMethod,
+    datamodules: tuple,
+    auto_resume: Path | None,
+    start: float,
 ) -> dict[str, Any]:
-    """`run` once the folder is claimed (and held)."""
+    """`run` once the folder is claimed (and held); `datamodules`: the fitted one and the tested one."""
+    datamodule, test_dm = datamodules
     out = output_dir(cfg)
     collector = EvaluationCollector(
         evaluation_protocol(cfg), int(cfg.eval.get("bootstrap_resamples", DEFAULT_RESAMPLES)), int(cfg.seed),
@@ -464,9 +475,9 @@ def _run_claimed(
             f"method {method_name(cfg)} must be trained: run anomaly_zoo.train, "
             "or pass ckpt_path=/path/to/checkpoint.ckpt to anomaly_zoo.test"
         )
-    method.setup_test(datamodule.test_context())
+    method.setup_test(test_context(datamodule, test_dm))
     test_start = time.perf_counter()
-    trainer.test(method, datamodule=datamodule)
+    trainer.test(method, datamodule=test_dm)
     test_s = time.perf_counter() - test_start
     if not trainer.is_global_zero:
         return {}
@@ -475,10 +486,11 @@ def _run_claimed(
     runtime = time.perf_counter() - start
     resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # a DictConfig: a dict
     name = method_name(cfg)
+    dataset_name, dataset_extra = dataset_record(cfg, datamodule, test_dm)
     path = write_results(
         out,
         name,
-        cfg.dataset.name,
+        dataset_name,
         resolved,
         collector.per_category,
         collector.mean,
@@ -489,19 +501,20 @@ def _run_claimed(
             "protocol": cfg.dataset.protocol,
             "evaluation": collector.protocol.record(),
             "validation_loss": val_loss,
-            "eval_size": list(datamodule.test_dataset.size),
+            "eval_size": list(test_dm.test_dataset.size),
             "cost": cost_record(method, trainer, fit_s, test_s, len(collector.images.get("score", []))),
             "intervals": collector.intervals,
             "decision_threshold": threshold or None,
             "per_defect": per_defect(collector.images, threshold["value"] if threshold else None),
             "images": collector.images,
+            **dataset_extra,
             **method.result_metadata(),
         },
     )
     scored = "" if not collector.protocol.official else f", evaluated as {collector.protocol.name}"
-    print(f"\n{name} on {cfg.dataset.name} ({cfg.dataset.protocol}{scored}), {runtime:.1f} s\n")
+    print(f"\n{name} on {dataset_name} ({cfg.dataset.protocol}{scored}), {runtime:.1f} s\n")
     print(metrics_table(collector.per_category, collector.mean))
-    overlays = write_heatmaps(collector, datamodule, out / "heatmaps", cfg.eval.heatmaps_per_category)
+    overlays = write_heatmaps(collector, test_dm, out / "heatmaps", cfg.eval.heatmaps_per_category)
     if isinstance(trainer.logger, WandbLogger) and overlays:
         trainer.logger.log_image(key="heatmaps", images=[str(p) for p in overlays], caption=[p.stem for p in overlays])
     if isinstance(trainer.logger, WandbLogger):
@@ -559,7 +572,7 @@ def predict(cfg: DictConfig) -> list:
     rows = predict_folder(
         method.to(device), cfg.input, cfg.output, cfg.dataset.image_size, threshold, source,
         batch_size=cfg.batch_size, category=cfg.get("category"), overwrite=cfg.overwrite,
-        normalization=cfg.dataset.normalization,
+        normalization=cfg.dataset.normalization, submission=cfg.get("submission"),
     )  # fmt: skip
     print(f"{len(rows)} images → {Path(cfg.output) / 'scores.csv'}, {Path(cfg.output) / 'report.html'}")
     return rows

@@ -204,17 +204,18 @@ def check_split(samples, require_masks: bool, split: str = "test", shown: int = 
         if problem:
             problems.append(f"{sample.image_path}: {problem}")
             continue
-        if sample.mask_path is None:
+        if not sample.masks:
             if sample.label == 1 and require_masks:
                 problems.append(f"{sample.image_path}: defective image without a mask")
             continue
-        mask_problem, mask_size = _image_problem(sample.mask_path)
-        if mask_problem:
-            problems.append(f"{sample.mask_path} (mask of {Path(sample.image_path).name}): {mask_problem}")
-        elif mask_size != size:
-            assert mask_size is not None and size is not None  # both files were read without a problem
-            problems.append(f"{sample.mask_path}: mask is {mask_size[0]}x{mask_size[1]}, its image "
-                            f"{sample.image_path} is {size[0]}x{size[1]} (width x height)")  # fmt: skip
+        for mask_path in sample.masks:  # MVTec LOCO: several files per image
+            mask_problem, mask_size = _image_problem(mask_path)
+            if mask_problem:
+                problems.append(f"{mask_path} (mask of {Path(sample.image_path).name}): {mask_problem}")
+            elif mask_size != size:
+                assert mask_size is not None and size is not None  # both files were read without a problem
+                problems.append(f"{mask_path}: mask is {mask_size[0]}x{mask_size[1]}, its image "
+                                f"{sample.image_path} is {size[0]}x{size[1]} (width x height)")  # fmt: skip
     if problems:
         more = f"\n  ... and {len(problems) - shown} more" if len(problems) > shown else ""
         hint = " Fix or remove these files" + (

@@ -30,7 +30,8 @@ PRIMARY = ("train", "test", "predict", "convert")
 #: Required by predict/convert (`???` in their files).
 MANDATORY = {"predict": ["input=in", "output=out"], "convert": ["output=out.ckpt"]}
 #: What an option leaves for the command line (`???`), or needs to be built.
-OPTION_NEEDS = {("dataset", "folder"): ["dataset.root=/data/my_images"], ("method", "anomalib"): ["model=stfpm"]}
+OPTION_NEEDS = {("dataset", "folder"): ["dataset.root=/data/my_images"], ("method", "anomalib"): ["model=stfpm"],
+                ("test_dataset", "folder"): ["test_dataset.root=/data/my_images"]}  # fmt: skip
 #: Hydra plugins some options need; without them the option is skipped with the reason.
 PLUGINS = {
     ("hydra/sweeper", "optuna_search"): ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper (.[optuna])"),
@@ -102,9 +103,9 @@ def _cpu_trainer_cfg(trainer: dict) -> dict:
 
 
 def _build_parts(resolved: dict, parts: set[str], tmp_path: Path) -> None:
-    if "dataset" in parts:
-        dm = instantiate(resolved["dataset"])
-        assert isinstance(dm, pl.LightningDataModule)
+    for part in ("dataset", "test_dataset"):  # test_dataset=<name>: a second datamodule (cross-dataset runs)
+        if part in parts:
+            assert isinstance(instantiate(resolved[part]), pl.LightningDataModule)
     if "logger" in parts and resolved.get("logger"):
         assert instantiate(resolved["logger"]) is not None  # W&B: WANDB_MODE=disabled (conftest), nothing is sent
     if "callbacks" in parts:

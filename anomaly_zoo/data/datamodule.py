@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from anomaly_zoo.backbones.feature_extractor import NORMALIZATIONS
-from anomaly_zoo.data import synthetic
+from anomaly_zoo.data import anomalib_sets, synthetic
 from anomaly_zoo.data.context import TestContext, TrainingData
 from anomaly_zoo.data.image_dataset import MASK_RESIZES, AnomalyImageDataset
 from anomaly_zoo.data.registry import DatasetInfo, get_dataset_info
@@ -60,6 +59,9 @@ class AnomalyDataModule(LightningDataModule):
         # set by the runner from the method (AnomalyMethod.requires_training / input_views), not by dataset configs
         use_train_split: bool = True,
         views: dict[str, ImageView] | None = None,
+        # a dataset's own keys (registry DatasetInfo.options): Real-IAD's resolution and json_path, MVTec AD 2's
+        # test_split, Kaputt's image_type and image_mode
+        **options: Any,
     ) -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
@@ -71,6 +73,10 @@ class AnomalyDataModule(LightningDataModule):
         if not 0.0 <= val_ratio < 1.0:
             raise ValueError(f"dataset.val_ratio={val_ratio} must be in [0, 1)")
         self.info: DatasetInfo = get_dataset_info(name)
+        self.options = anomalib_sets.check_options(self.info, options)
+        if self.info.own_val_split and val_ratio > 0:
+            raise ValueError(f"dataset={name} ships its own validation images (validation/good), the validation split: "
+                             "leave dataset.val_ratio=0")  # fmt: skip
         self.name, self.root, self.protocol = name, Path(root).expanduser(), protocol
         self.image_size, self.normalization = image_size, normalization
         self.train_batch_size, self.eval_batch_size, self.num_workers = train_batch_size, eval_batch_size, num_workers
@@ -92,6 +98,12 @@ class AnomalyDataModule(LightningDataModule):
         #: The training order (the sampler's permutations) and the training workers' base seeds, one draw each
         #: per epoch; saved in checkpoints (state_dict) instead of drawn from the global generator.
         self.train_rng = torch.Generator().manual_seed(seed)
+        #: Whether the test split has ground truth to score (MVTec AD 2's test_private[_mixed] have none).
+        self.ground_truth = anomalib_sets.has_ground_truth(self.info, self.options)
+        #: What results.json says of the pixel metrics: "all", or which categories have no masks (set by setup).
+        self.pixel_metrics = "all"
+        #: MVTec LOCO: each category's defects_config.json (sPRO's saturation thresholds), set by setup.
+        self.defects_configs: dict[str, Path] = {}
         self.train_dataset: AnomalyImageDataset | None = None
         self.val_dataset: AnomalyImageDataset | None = None
         self.test_dataset: AnomalyImageDataset | None = None
@@ -117,19 +129,20 @@ class AnomalyDataModule(LightningDataModule):
         if self.name == "synthetic":
             synthetic.ensure_synthetic_dataset(self.root, seed=0)
             return
-        if not self.download or self.info.datamodule_class is None:
-            return
-        datamodule_class = getattr(importlib.import_module("anomalib.data"), self.info.datamodule_class)
-        for category in self.categories:
-            log.info("downloading/preparing %s/%s into %s via anomalib", self.name, category, self.root)
-            datamodule_class(root=self.root, category=category).prepare_data()
+        if self.download:
+            anomalib_sets.download(self.info, self.root, self.categories, self.options)
 
     def setup(self, stage: str | None = None) -> None:
         if self.test_dataset is not None:
             return
         train, val, test = [], [], []
+        self._note_mask_free()
         for category in self.categories:
+            if self.name == "mvtec_loco":
+                self.defects_configs[category] = anomalib_sets.defects_config(self.root, category)
             cat_test = self._index(category, "test")
+            if self.info.own_val_split:  # the dataset's own normals, also for training-free methods (thresholds)
+                val += self._index(category, "val")
             if not self.use_train_split:
                 test += sorted(cat_test, key=lambda s: s.image_path)
                 continue
@@ -141,7 +154,7 @@ class AnomalyDataModule(LightningDataModule):
                 cat_train = [s for i, s in enumerate(cat_train) if i not in held]
             if not cat_train:
                 raise ValueError(f"no training images for category {category!r} under {self.root}")
-            cut = self._held_out(len(cat_train), self.val_ratio)
+            cut = self._held_out(len(cat_train), self.val_ratio)  # empty where the dataset has its own
             val += [cat_train[i] for i in cut]
             keep = np.setdiff1d(np.arange(len(cat_train)), cut)
             train += [cat_train[i] for i in keep]
@@ -162,7 +175,20 @@ class AnomalyDataModule(LightningDataModule):
             len(test),
         )
 
+    def _note_mask_free(self) -> None:
+        """Categories published without masks: their defective images are scored with image metrics only (no
+        mask required), and results.json says so."""
+        free = [c for c in self.categories if c in self.info.mask_free_categories]
+        if not free:
+            return
+        self.require_masks = False
+        self.pixel_metrics = (f"none: {self.name} has no masks" if len(free) == len(self.categories) else
+                              f"none for {', '.join(free)}: {self.name} has no masks for them")  # fmt: skip
+        log.warning("%s: image metrics only for %s (published without pixel ground truth)", self.name, free)
+
     def _index(self, category: str, split: str) -> list[Sample]:
+        if self.info.indexer is not None:
+            return self.info.indexer(self.info, self.root, category, split, self.options)
         if self.name == "folder":
             return index_folder(self.root, category, split, **self.folder)
         return index_category(self.info, self.root, category, split)

@@ -189,8 +189,9 @@ class AnomalyImageDataset(Dataset):
         original = load_image(sample.image_path)
         full_size = (original.shape[2], original.shape[1])  # width, height, as the mask check names them
         image, rendered = to_model_input(original, self.size, self.normalization, self.views)
-        if sample.mask_path is not None:
-            mask = resize_mask(read_mask(sample.mask_path, full_size), self.size, self.mask_resize)
+        if sample.masks:  # several files (MVTec LOCO): one defect region each, united
+            union = np.logical_or.reduce([read_mask(path, full_size) for path in sample.masks])
+            mask = resize_mask(union, self.size, self.mask_resize)
         elif sample.label == 1 and self.require_masks:
             raise ImageReadError(
                 f"defective test image {sample.image_path} has no ground-truth mask; pixel metrics need one. "

@@ -6,7 +6,9 @@ Sample indexing and downloads are anomalib's (its dataset classes parse each lay
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -22,9 +24,20 @@ class DatasetInfo:
     subdir: str = ""  # where anomalib's dataset class looks, relative to `root` (VisA: its converted split)
     #: The file suffixes anomalib's parser for this layout indexes (exactly, case included); it skips others.
     extensions: tuple[str, ...] = (".png", ".PNG")
+    #: Indexes a category's split itself, (info, root, category, split, options) → Samples (anomalib_sets.index);
+    #: None: the MVTec-style path in samples.index_category.
+    indexer: Callable[..., list[Any]] | None = None
+    #: Dataset keys beyond the common ones, with their defaults (Real-IAD's resolution, MVTec AD 2's test split).
+    options: tuple[tuple[str, Any], ...] = ()
+    #: Ships its own normal validation images (validation/good): the datamodule's validation split.
+    own_val_split: bool = False
+    #: Categories published without pixel ground truth: scored with image metrics only.
+    mask_free_categories: tuple[str, ...] = ()
+    #: Categories are folders under the root (Kaputt's are a metadata column, Kolektor has one set).
+    category_dirs: bool = True
 
 
-def _anomalib_categories(module: str) -> tuple[str, ...]:
+def anomalib_categories(module: str) -> tuple[str, ...]:
     import importlib
 
     return tuple(importlib.import_module(f"anomalib.data.datasets.image.{module}").CATEGORIES)
@@ -38,14 +51,14 @@ _MVTEC_LAYOUT = (
 
 def get_dataset_info(name: str) -> DatasetInfo:
     """Registry lookup; an unknown name lists the known ones."""
-    from anomaly_zoo.data import synthetic
+    from anomaly_zoo.data import anomalib_sets, synthetic
 
     builders = {
         "mvtec": lambda: DatasetInfo(
             "mvtec",
             "MVTecADDataset",
             "MVTecAD",
-            _anomalib_categories("mvtecad"),
+            anomalib_categories("mvtecad"),
             _MVTEC_LAYOUT,
             "https://www.mvtec.com/company/research/datasets/mvtec-ad (dataset.download=true fetches it via anomalib)",
             "CC BY-NC-SA 4.0",
@@ -55,7 +68,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
             "visa",
             "VisaDataset",
             "Visa",
-            _anomalib_categories("visa"),
+            anomalib_categories("visa"),
             "anomalib's converted VisA tree: {root}/visa_pytorch/{category}/train/good, test/<good|bad>, "
             "ground_truth/bad",
             "https://github.com/amazon-science/spot-diff (dataset.download=true fetches and converts it via anomalib)",
@@ -67,7 +80,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
             "btad",
             "BTechDataset",
             "BTech",
-            _anomalib_categories("btech"),
+            anomalib_categories("btech"),
             "{root}/{01|02|03}/train/ok, test/<ok|ko>, ground_truth/ko (anomalib's BTech layout)",
             "https://avires.dimi.uniud.it/papers/btad/btad.zip (dataset.download=true fetches it via anomalib)",
             "CC BY-SA 4.0",
@@ -77,7 +90,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
             "mpdd",
             "MPDDDataset",
             None,
-            _anomalib_categories("mpdd"),
+            anomalib_categories("mpdd"),
             _MVTEC_LAYOUT,
             "https://github.com/stepanje/MPDD (manual download: no direct link anomalib can fetch)",
             "CC BY-NC-SA 4.0",
@@ -101,6 +114,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
             "scikit-image data (BSD-3-Clause / public domain sources)",
             synthetic.TEXTURE_CATEGORIES,
         ),
+        **anomalib_sets.builders(),
     }
     if name not in builders:
         raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(builders)}")

@@ -20,8 +20,22 @@ class DatasetLayoutError(ValueError):
 class Sample:
     image_path: str
     mask_path: str | None
-    label: int  # 0 normal, 1 defective
+    label: int  # 0 normal, 1 defective, -1 unknown (a split published without ground truth: MVTec AD 2's private)
     category: str
+    #: The object the image shows, shared by all its views (Real-IAD: `<category>/<OK|NG>/[<defect>/]S0001`, the
+    #: folder of its 5 camera views): sample-level scores take the maximum over it. None: the image is its sample.
+    sample_id: str | None = None
+    #: The kind of anomaly the dataset files the image under, where it reports kinds apart (MVTec LOCO: `good`,
+    #: `logical_anomalies`, `structural_anomalies`); None elsewhere.
+    anomaly_kind: str | None = None
+    #: Every ground-truth file of the image when it has several (MVTec LOCO: one PNG per defect region, pixel values
+    #: naming the defect in defects_config.json); the mask is their union. Empty: `mask_path` alone.
+    mask_paths: tuple[str, ...] = ()
+
+    @property
+    def masks(self) -> tuple[str, ...]:
+        """All ground-truth files of the image (none for a normal image)."""
+        return self.mask_paths or ((self.mask_path,) if self.mask_path else ())
 
 
 def _missing_root_message(info: DatasetInfo, root: Path) -> str:
@@ -71,7 +85,7 @@ def _is_ascii(path: Path) -> bool:
 
 
 @contextmanager
-def _ascii_paths(*folders: Path) -> Iterator[list[Path]]:
+def ascii_paths(*folders: Path) -> Iterator[list[Path]]:
     """The folders, each non-ASCII one replaced by an ASCII-named symlink to it while indexing: anomalib's
     validate_path refuses any path outside printable ASCII (données/, 検査/ ...). It checks the path as given and
     then resolves symlinks, so the samples it lists carry the real paths."""
@@ -91,7 +105,7 @@ def _anomalib_samples(info: DatasetInfo, root: Path, category: str, split: str):
     module = importlib.import_module("anomalib.data.datasets")
     dataset_class = getattr(module, info.dataset_class)
     try:
-        with _ascii_paths(root / info.subdir) as (where,):
+        with ascii_paths(root / info.subdir) as (where,):
             return dataset_class(root=where, category=category, split=split).samples
     except Exception as err:
         raise DatasetLayoutError(
@@ -168,7 +182,7 @@ def index_folder(
     indexed = ("normal_dir", "abnormal_dir", "normal_test_dir")  # masks are paired below, by name
     try:
         # every folder as an absolute path: anomalib resolves relative ones against the (resolved) root
-        with _ascii_paths(root, *(f for key in indexed for f in folders[key])) as (where, *links):
+        with ascii_paths(root, *(f for key in indexed for f in folders[key])) as (where, *links):
             it = iter(links)
             dirs = {key: [next(it) for _ in folders[key]] for key in indexed}
             frame = FolderDataset(

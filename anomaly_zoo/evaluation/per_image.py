@@ -18,7 +18,8 @@ from anomaly_zoo.metrics.curves import RankedScores, auroc
 
 def image_table(samples: Sequence[Any], scores: np.ndarray, labels: np.ndarray, root: str | None) -> dict[str, list]:
     """results.json `images`: per scored image its path (relative to the dataset root where it lies below it, so
-    runs on two machines pair up), category, label (as the metrics used it), defect type and score."""
+    runs on two machines pair up), category, label (as the metrics used it), defect type and score; `sample_id` and
+    `anomaly_kind` too where the dataset's samples carry them."""
     base = Path(root).expanduser().resolve() if root else None
 
     def relative(path: str) -> str:
@@ -27,13 +28,18 @@ def image_table(samples: Sequence[Any], scores: np.ndarray, labels: np.ndarray, 
             return resolved.relative_to(base).as_posix()
         return str(path)
 
-    return {
+    table = {
         "path": [relative(s.image_path) for s in samples],
         "category": [s.category for s in samples],
         "label": [int(v) for v in labels],
         "defect": [Path(s.image_path).parent.name for s in samples],
         "score": [float(v) for v in scores],
     }
+    # where the dataset has them: Real-IAD's object ids (sample-level scores), MVTec LOCO's anomaly kinds
+    for key in ("sample_id", "anomaly_kind"):
+        if any(getattr(s, key, None) is not None for s in samples):
+            table[key] = [getattr(s, key, None) for s in samples]
+    return table
 
 
 def per_defect(images: dict[str, list], threshold: float | None) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from anomaly_zoo.data.context import Batch
 from anomaly_zoo.data.image_dataset import IMAGE_EXTENSIONS, ImageReadError, load_image, to_model_input
+from anomaly_zoo.inference import submission as submission_files
 from anomaly_zoo.methods.base import AnomalyMethod
 from anomaly_zoo.reporting import save_overlay
 from anomaly_zoo.reporting.html_report import write_report
@@ -91,8 +92,11 @@ def predict_folder(
     category: str | None = None,
     overwrite: bool = False,
     normalization: str = "none",
+    submission: str | None = None,
 ) -> list[PredictionRow]:
-    """Score every image under `input_path`; write overlays, scores.csv and report.html into `output`."""
+    """Score every image under `input_path`; write overlays, scores.csv and report.html into `output` (and, with
+    `submission=mvtec_ad2`, the maps in MVTec AD 2's evaluation-server layout: inference/submission.py)."""
+    submission_files.check_submission(submission, threshold)
     root = Path(input_path).expanduser()
     output = Path(output).expanduser()
     _check_output_outside_input(output, root)
@@ -104,7 +108,8 @@ def predict_folder(
         log.warning("skipped %d file(s) that are not images (%s): %s%s", len(skipped), ", ".join(IMAGE_EXTENSIONS),
                     shown, more)  # fmt: skip
     rows = [PredictionRow(str(p), overlay=_overlay_name(p, root)) for p in images]
-    _check_output(output, ["scores.csv", "report.html", *(r.overlay for r in rows)], overwrite)
+    extra = submission_files.planned(images) if submission else []
+    _check_output(output, ["scores.csv", "report.html", *(r.overlay for r in rows), *extra], overwrite)
     for row in rows:
         (output / row.overlay).parent.mkdir(parents=True, exist_ok=True)
     size = (image_size, image_size)
@@ -157,6 +162,9 @@ def predict_folder(
                 row.decision = "anomalous" if row.score > threshold else "normal"
             save_overlay(row.path, amap, output / row.overlay, score=row.score, vmin=vmin, vmax=vmax,
                          title=Path(row.path).name)  # fmt: skip
+            if submission:
+                assert threshold is not None  # check_submission
+                submission_files.write(output, Path(row.path), amap, threshold)
     _write_csv(output / "scores.csv", rows)
     write_report(output / "report.html", rows, threshold, threshold_source, notes)
     failed = sum(1 for r in rows if r.error)

@@ -175,3 +175,27 @@ def test_a_folder_gets_the_same_input_views_as_the_dataset(synthetic_root, tmp_p
     for i, item in enumerate(items):
         for name in ("sd", "dino"):
             assert torch.equal(method.seen[f"img_{i}.png"][name], item["views"][name]), name
+
+
+def test_mvtec_ad2_private_split_in_the_evaluation_servers_layout(compose_cfg, tmp_path):
+    """submission=mvtec_ad2: per image of <root>/<object>/test_private, a float16 TIFF map at the image's size and a
+    0/255 PNG of it above the threshold, under anomaly_images[_thresholded]/<object>/test_private/."""
+    import numpy as np
+    import tifffile
+
+    split = tmp_path / "MVTec_AD_2" / "vial" / "test_private"
+    split.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("000_regular.png", "001_regular.png"):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(split / name)
+    out = tmp_path / "out"
+    overrides = ["~method", "+method._target_=tests.helpers.pixel_method.PixelDeviation", "+method.name=pixel",
+                 "dataset.image_size=32", f"input={split}", f"output={out}", "submission=mvtec_ad2"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"submission=mvtec_ad2 writes thresholded maps: pass threshold="):
+        predict(compose_cfg("predict", overrides))
+    predict(compose_cfg("predict", [*overrides, "threshold=0.3"]))
+    for name in ("000_regular", "001_regular"):
+        amap = tifffile.imread(out / "anomaly_images" / "vial" / "test_private" / f"{name}.tiff")
+        binary = np.asarray(Image.open(out / "anomaly_images_thresholded" / "vial" / "test_private" / f"{name}.png"))
+        assert amap.dtype == np.float16 and amap.shape == binary.shape == (30, 40) and binary.dtype == np.uint8
+        assert np.array_equal(binary, np.where(amap.astype(np.float32) > 0.3, 255, 0)) and 0 < binary.mean() < 255
