@@ -38,6 +38,7 @@ from anomaly_zoo.checkpoints.read import CheckpointError, read_checkpoint
 from anomaly_zoo.errors import one_line
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
 from anomaly_zoo.evaluation.cost import cost_record
+from anomaly_zoo.evaluation.dataset_metrics import check_dataset_inputs, request_for
 from anomaly_zoo.evaluation.per_image import per_defect
 from anomaly_zoo.evaluation.threshold import DecisionThreshold, recorded_threshold
 from anomaly_zoo.methods.base import AnomalyMethod
@@ -408,6 +409,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
     datamodule.prepare_data()  # what fit/test would do first (generate the synthetic set, download where asked)
     datamodule.setup("fit" if fit else "test")
     check_split(datamodule.test_dataset.samples, datamodule.require_masks)  # before hours of training
+    check_dataset_inputs(request_for(cfg.dataset.name), datamodule)  # e.g. SegF1 without validation images
     auto_resume = claim_run_folder(cfg, key, fit)  # after the checks: a refused config leaves no record behind
     out = output_dir(cfg)  # existing_folder=version may have moved the run
     try:
@@ -423,7 +425,7 @@ def _run_claimed(
     out = output_dir(cfg)
     collector = EvaluationCollector(
         evaluation_protocol(cfg), int(cfg.eval.get("bootstrap_resamples", DEFAULT_RESAMPLES)), int(cfg.seed),
-        int(cfg.eval.get("pixel_bootstrap_resamples", 0)),
+        int(cfg.eval.get("pixel_bootstrap_resamples", 0)), request_for(cfg.dataset.name),
     )  # fmt: skip
     threshold_callback: DecisionThreshold | None = None
     checkpoint: dict[str, Any] | None = None
@@ -495,6 +497,7 @@ def _run_claimed(
             "decision_threshold": threshold or None,
             "per_defect": per_defect(collector.images, threshold["value"] if threshold else None),
             "images": collector.images,
+            **({"dataset_metrics": collector.dataset_metrics} if collector.dataset_metrics else {}),
             **method.result_metadata(),
         },
     )

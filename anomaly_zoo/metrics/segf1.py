@@ -20,9 +20,7 @@ from typing import Any
 import numpy as np
 
 #: The fix a run without validation images needs, named in the error.
-NO_VALIDATION_FIX = (
-    "set dataset.val_ratio>0 (normal training images held out) or use the dataset's validation split"
-)
+NO_VALIDATION_FIX = "set dataset.val_ratio>0 (normal training images held out) or use the dataset's validation split"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,46 +104,58 @@ class GroundTruthChannel:
         return max(saturation, 1.0)  # 0 (official: NaN without overlap): any overlap saturates
 
 
-def channel_from_array(
-    array: np.ndarray, defects: Mapping[int, DefectType], where: str = "mask", area_scale: float = 1.0
-) -> GroundTruthChannel:
+def channel_from_array(array: np.ndarray, defects: Mapping[int, DefectType], where: str = "mask") -> GroundTruthChannel:
     """A channel from one ground-truth PNG's integer array: zeros and exactly one positive value."""
     values = np.unique(array)
     positive = values[values != 0]
     if positive.size != 1 or values.min() < 0:
-        raise ValueError(f"{where}: a LOCO ground-truth PNG holds 0 and one positive value; found {values[:10].tolist()}")
+        raise ValueError(
+            f"{where}: a LOCO ground-truth PNG holds 0 and one positive value; found {values[:10].tolist()}"
+        )
     value = int(positive[0])
     if value not in defects:
         raise ValueError(f"{where}: pixel value {value} is not in defects_config.json (known: {sorted(defects)})")
-    return GroundTruthChannel(array != 0, defects[value], area_scale)
+    return GroundTruthChannel(array != 0, defects[value])
 
 
 def read_gt_channels(
-    png_dir: str | Path, defects: Mapping[int, DefectType], size: tuple[int, int] | None = None
+    png_dir: str | Path,
+    defects: Mapping[int, DefectType],
+    size: tuple[int, int] | None = None,
+    resize: Callable[[np.ndarray, tuple[int, int]], np.ndarray] | None = None,
 ) -> list[GroundTruthChannel]:
     """The channels of one defective image (its folder of PNGs, sorted by name).
 
-    `size` (H, W): the maps' resolution; masks are resized with nearest-neighbour sampling (as the suite's masks)
-    and carry the area scale H·W / original H·W.
+    `size` (H, W): the maps' resolution; each channel's mask is resized with `resize(bool mask, size) -> bool mask`
+    (default: nearest neighbour; pass the datamodule's mask resize so channels match the suite's masks) and
+    carries the area scale H·W / original H·W. A defect that vanishes at `size` is left out with a warning.
     """
     from PIL import Image
 
     folder = Path(png_dir)
-    files = sorted(folder.glob("*.png"))
+    files = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if not files:
         raise FileNotFoundError(f"{folder}: no ground-truth PNGs (MVTec LOCO keeps one folder of PNGs per image)")
     channels = []
     for file in files:
-        image, scale = Image.open(file), 1.0
-        if size is not None and image.size != (size[1], size[0]):
-            scale = (size[0] * size[1]) / (image.size[0] * image.size[1])
-            image = image.resize((size[1], size[0]), Image.Resampling.NEAREST)
-            if not np.asarray(image).any():  # a defect smaller than the sampling grid
-                warnings.warn(f"{file}: the defect vanishes at {size[0]}x{size[1]} and is left out of sPRO "
-                              "(a larger dataset.image_size keeps it)", stacklevel=2)  # fmt: skip
-                continue
-        channels.append(channel_from_array(np.asarray(image), defects, str(file), scale))
+        channel = channel_from_array(np.asarray(Image.open(file)), defects, str(file))
+        full = channel.mask.shape
+        if size is None or full == tuple(size):
+            channels.append(channel)
+            continue
+        mask = (resize or _nearest)(channel.mask, size)
+        if not mask.any():  # a defect smaller than the sampling grid
+            warnings.warn(f"{file}: the defect vanishes at {size[0]}x{size[1]} and is left out of sPRO "
+                          "(a larger dataset.image_size keeps it)", stacklevel=2)  # fmt: skip
+            continue
+        channels.append(GroundTruthChannel(mask, channel.defect, (size[0] * size[1]) / (full[0] * full[1])))
     return channels
+
+
+def _nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.Resampling.NEAREST)).astype(bool)
 
 
 def mean_spro_at(maps: Any, channels: Sequence[Sequence[GroundTruthChannel]], threshold: float) -> float:

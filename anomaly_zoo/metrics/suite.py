@@ -265,12 +265,14 @@ def _take(arr: Any, idx: np.ndarray) -> np.ndarray:
     return arr_np[idx]
 
 
-def mean_over_categories(per_category: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+def mean_over_categories(
+    per_category: Mapping[str, Mapping[str, float]], metrics: Sequence[str] = METRIC_NAMES
+) -> dict[str, float]:
     """Unweighted mean over categories; a metric undefined in some category averages the others.
 
-    Every key of the rows is averaged (`METRIC_NAMES` first, then e.g. "PRO@0.05" where asked for).
+    `metrics` first, then every other key of the rows (e.g. "PRO@0.05" where asked for).
     """
-    names = dict.fromkeys([*METRIC_NAMES, *(k for row in per_category.values() for k in row)])
+    names = dict.fromkeys([*metrics, *(k for row in per_category.values() for k in row)])
     mean: dict[str, float] = {}
     for name in names:
         values = [row[name] for row in per_category.values() if name in row and not math.isnan(row[name])]

@@ -104,10 +104,8 @@ def test_pro_hand_computed_at_005():
 
 def test_per_category_mean_includes_extra_limits_and_bad_limit_is_an_error():
     scores, labels, maps, masks = small_maps(4)
-    rows, mean = compute_category_metrics(
-        np.concatenate([scores, scores]), np.concatenate([labels] * 2), np.concatenate([maps] * 2), np.concatenate([masks] * 2),
-        ["a"] * 4 + ["b"] * 4, extra_pro_limits=(0.05,),
-    )  # fmt: skip
+    twice = [np.concatenate([x, x]) for x in (scores, labels, maps, masks)]
+    rows, mean = compute_category_metrics(*twice, ["a"] * 4 + ["b"] * 4, extra_pro_limits=(0.05,))
     assert mean["PRO@0.05"] == pytest.approx(rows["a"]["PRO@0.05"]) == rows["b"]["PRO@0.05"]
     with pytest.raises(ValueError, match="PRO integration limit 0 must be in"):
         compute_metrics(scores, labels, maps, masks, extra_pro_limits=(0,))
@@ -257,7 +255,7 @@ def test_defects_config_and_gt_folder(tmp_path):
     from PIL import Image
 
     missing = tmp_path / "breakfast_box" / "defects_config.json"
-    with pytest.raises(FileNotFoundError, match="defects_config.json") as err:
+    with pytest.raises(FileNotFoundError, match=r"defects_config\.json") as err:
         read_defects_config(missing)
     assert str(missing) in str(err.value) and "\n" not in str(err.value)
     config = tmp_path / "defects_config.json"
@@ -279,5 +277,5 @@ def test_defects_config_and_gt_folder(tmp_path):
     assert [c.defect.name for c in chans] == ["missing_part", "scratch"]
     assert chans[0].mask.sum() == 150 and chans[0].area_scale == pytest.approx(0.25)
     assert chans[0].saturation_area() == pytest.approx(150.0)  # min(1200 * 0.25, 150)
-    with pytest.raises(ValueError, match="pixel value 3 is not in defects_config.json"):
+    with pytest.raises(ValueError, match=r"pixel value 3 is not in defects_config\.json"):
         channel_from_array(np.full((2, 2), 3, np.uint8), defects)
