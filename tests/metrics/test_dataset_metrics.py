@@ -279,3 +279,15 @@ def test_defects_config_and_gt_folder(tmp_path):
     assert chans[0].saturation_area() == pytest.approx(150.0)  # min(1200 * 0.25, 150)
     with pytest.raises(ValueError, match=r"pixel value 3 is not in defects_config\.json"):
         channel_from_array(np.full((2, 2), 3, np.uint8), defects)
+
+
+def test_anomaly_metrics_passes_the_pro_limits_to_the_suite():
+    from anomaly_zoo.metrics import AnomalyMetrics
+
+    scores, labels, maps, masks = small_maps(5)
+    metric = AnomalyMetrics(pro_fpr_limit=0.1, extra_pro_limits=(0.05,))
+    metric.update(maps, scores, masks, labels=labels)
+    expected = compute_metrics(scores, labels, maps, masks, pro_fpr_limit=0.1, extra_pro_limits=(0.05,))
+    assert metric.compute() == expected and "PRO@0.05" in expected
+    with pytest.raises(ValueError, match="PRO integration limit 2"):
+        AnomalyMetrics(extra_pro_limits=(2,))
