@@ -39,6 +39,7 @@ from anomaly_zoo.cross_dataset import dataset_record, require_ground_truth, test
 from anomaly_zoo.errors import one_line
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
 from anomaly_zoo.evaluation.cost import cost_record
+from anomaly_zoo.evaluation.dataset_metrics import check_dataset_inputs, request_for
 from anomaly_zoo.evaluation.per_image import per_defect
 from anomaly_zoo.evaluation.threshold import DecisionThreshold, recorded_threshold
 from anomaly_zoo.methods.base import AnomalyMethod
@@ -412,6 +413,7 @@ def run(cfg: DictConfig, fit: bool) -> dict[str, Any]:
         dm.prepare_data()  # what fit/test would do first (generate the synthetic set, download where asked)
         dm.setup("fit" if fit and dm is datamodule else "test")
     check_split(test_dm.test_dataset.samples, test_dm.require_masks)  # before hours of training
+    check_dataset_inputs(request_for(test_dm.name), test_dm)  # e.g. SegF1 without validation images
     auto_resume = claim_run_folder(cfg, key, fit)  # after the checks: a refused config leaves no record behind
     out = output_dir(cfg)  # existing_folder=version may have moved the run
     try:
@@ -434,7 +436,7 @@ def _run_claimed(
     out = output_dir(cfg)
     collector = EvaluationCollector(
         evaluation_protocol(cfg), int(cfg.eval.get("bootstrap_resamples", DEFAULT_RESAMPLES)), int(cfg.seed),
-        int(cfg.eval.get("pixel_bootstrap_resamples", 0)),
+        int(cfg.eval.get("pixel_bootstrap_resamples", 0)), request_for(test_dm.name),
     )  # fmt: skip
     threshold_callback: DecisionThreshold | None = None
     checkpoint: dict[str, Any] | None = None
@@ -508,6 +510,7 @@ def _run_claimed(
             "per_defect": per_defect(collector.images, threshold["value"] if threshold else None),
             "images": collector.images,
             **dataset_extra,
+            **({"dataset_metrics": collector.dataset_metrics} if collector.dataset_metrics else {}),
             **method.result_metadata(),
         },
     )

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from anomaly_zoo.evaluation.dataset_metrics import dataset_metrics_block, validation_maps
 from anomaly_zoo.evaluation.per_image import image_table
 from anomaly_zoo.methods.components import upsample_maps
 from anomaly_zoo.metrics import compute_category_metrics
 from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES, image_intervals
+from anomaly_zoo.metrics.dataset_specific import DatasetMetricsRequest
 from anomaly_zoo.metrics.memory import any_per_row, release_pages
 from anomaly_zoo.metrics.protocols import get_protocol
 
@@ -100,11 +102,12 @@ def _scored(buf: PredictionBuffer) -> np.ndarray:
 
 class EvaluationCollector(Callback):
     """Gathers `MethodOutput`s during `trainer.test` and computes per-category metrics at the end, the way
-    `protocol` says (`anomaly_zoo.metrics.protocols`: exact, or an official evaluation's)."""
+    `protocol` says (`anomaly_zoo.metrics.protocols`: exact, or an official evaluation's), and the metrics the
+    dataset's own protocol adds (`dataset_request`: `anomaly_zoo.evaluation.dataset_metrics`)."""
 
     def __init__(
         self, protocol: str = "exact", bootstrap_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-        pixel_bootstrap_resamples: int = 0,
+        pixel_bootstrap_resamples: int = 0, dataset_request: DatasetMetricsRequest | None = None,
     ) -> None:  # fmt: skip
         self.protocol = get_protocol(protocol)
         self.bootstrap_resamples, self.seed = int(bootstrap_resamples), int(seed)
@@ -115,6 +118,9 @@ class EvaluationCollector(Callback):
         #: per scored test image (results.json `images`) and the image metrics' bootstrap intervals (`intervals`)
         self.images: dict[str, list] = {}
         self.intervals: dict | None = None
+        self.dataset_request = dataset_request or DatasetMetricsRequest()
+        #: results.json `dataset_metrics` (None: the dataset's protocol adds no metric)
+        self.dataset_metrics: dict | None = None
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Lightning attaches `datamodule` to the trainer at run time; the Trainer class does not declare it.
@@ -145,28 +151,26 @@ class EvaluationCollector(Callback):
         labels = np.array([s.label for s in samples])
         categories = [s.category for s in samples]
         if buf.filled.all():
-            self.per_category, self.mean = compute_category_metrics(
-                buf.scores, labels, buf.maps, buf.masks, categories, protocol=self.protocol.name
-            )
+            done = np.arange(buf.filled.size)
         elif _limited(trainer.limit_test_batches):  # asked for (e.g. debug=fast): metrics on the scored images only
             done = np.flatnonzero(buf.filled)
             log.warning(
                 "trainer.limit_test_batches=%s: metrics on %d of %d test images only, not comparable with full runs",
                 trainer.limit_test_batches, done.size, buf.filled.size,
             )  # fmt: skip
-            self.per_category, self.mean = compute_category_metrics(
-                buf.scores[done],
-                labels[done],
-                buf.maps[done],
-                buf.masks[done],
-                [categories[i] for i in done],
-                protocol=self.protocol.name,
-            )
         else:
             raise RuntimeError(
                 f"{int((~buf.filled).sum())} of {buf.filled.size} test images got no prediction; "
                 "metrics need the whole test split"
             )
+        whole = done.size == buf.filled.size  # views of the buffer, no copy of the maps
+        maps, masks = (buf.maps, buf.masks) if whole else (buf.maps[done], buf.masks[done])
+        self.per_category, self.mean = compute_category_metrics(
+            buf.scores[done], labels[done], maps, masks, [categories[i] for i in done],
+            protocol=self.protocol.name, extra_pro_limits=self.dataset_request.pro_limits,
+        )  # fmt: skip
+        self._dataset_metrics(trainer, pl_module, [samples[i] for i in done], labels[done], buf.scores[done], maps,
+                              masks)  # fmt: skip
         self._per_image(trainer.datamodule, samples, labels, categories)  # type: ignore[attr-defined]
         if trainer.logger is not None:
             flat = {f"test/{k}": v for k, v in self.mean.items() if not math.isnan(v)}
@@ -178,7 +182,27 @@ class EvaluationCollector(Callback):
                     if not math.isnan(v)
                 }
             )
+            dataset_mean = (self.dataset_metrics or {}).get("mean", {})
+            flat.update({f"test/{k}": v for k, v in dataset_mean.items() if not math.isnan(v)})
             trainer.logger.log_metrics(flat, step=trainer.global_step)
+
+    def _dataset_metrics(self, trainer: Trainer, method: LightningModule, samples: list, labels: np.ndarray,
+                         scores: np.ndarray, maps: np.ndarray, masks: np.ndarray) -> None:  # fmt: skip
+        """The dataset's own metrics (results.json `dataset_metrics`); the suite's AU-PRO at the dataset's other
+        limits moves there from the suite's rows, which keep the seven metrics."""
+        request = self.dataset_request
+        if not request.any:
+            return
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # as in on_test_start
+        val_maps = None
+        if request.segf1 and datamodule.val_dataset:
+            val_maps = validation_maps(method, datamodule.val_dataloader(), (maps.shape[1], maps.shape[2]))
+        self.dataset_metrics = dataset_metrics_block(request, samples, scores, labels, maps, masks,
+                                                     self.per_category, datamodule, val_maps)  # fmt: skip
+        extra = [k for k in self.mean if k.startswith("PRO@")]
+        for row in (*self.per_category.values(), self.mean):
+            for key in extra:
+                row.pop(key, None)
 
     def _per_image(self, datamodule, samples, labels: np.ndarray, categories: list[str]) -> None:
         """The per-image table and the image metrics' bootstrap intervals, with the labels the protocol used."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from anomaly_zoo.metrics.curves import RankedScores, ap_and_f1max, auroc, pro_auc, stable_argsort
+from anomaly_zoo.metrics.curves import PRO_FPR_LIMIT, RankedScores, ap_and_f1max, auroc, pro_auc, stable_argsort
 from anomaly_zoo.metrics.memory import taken
 from anomaly_zoo.metrics.protocols import binned_pro, flipped, get_protocol
 
@@ -100,10 +100,29 @@ def _region_weights(masks: np.ndarray) -> np.ndarray:
     return np.concatenate(weights) / n_regions_total
 
 
+def pro_key(fpr_limit: float) -> str:
+    """The results key of the AU-PRO up to another FPR limit than the suite's: "PRO@0.05"."""
+    return f"PRO@{fpr_limit:g}"
+
+
+def _check_limits(pro_fpr_limit: float, extra_pro_limits: Sequence[float]) -> tuple[float, ...]:
+    for limit in (pro_fpr_limit, *extra_pro_limits):
+        if not 0.0 < float(limit) <= 1.0:
+            raise ValueError(f"PRO integration limit {limit} must be in (0, 1]")
+    return tuple(float(x) for x in extra_pro_limits)
+
+
 def compute_metrics(
-    scores: Any, labels: Any, maps: Any, masks: Any, device: Any = None, protocol: str = "exact"
+    scores: Any,
+    labels: Any,
+    maps: Any,
+    masks: Any,
+    device: Any = None,
+    protocol: str = "exact",
+    pro_fpr_limit: float = PRO_FPR_LIMIT,
+    extra_pro_limits: Sequence[float] = (),
 ) -> dict[str, float]:
-    """Score one set of predictions. Returns exactly the keys in `METRIC_NAMES`.
+    """Score one set of predictions. Returns the keys in `METRIC_NAMES` (plus one per `extra_pro_limits`).
 
     scores (N,) image scores, labels (N,) in {0,1}, maps (N,H,W) anomaly maps, masks (N,H,W) in {0,1};
     numpy arrays or torch tensors on any device. Values are exact (no threshold binning) and equal
@@ -117,8 +136,13 @@ def compute_metrics(
     `protocol`: "exact" (the definitions above), or an official evaluation's way ("onenip_official",
     "divad_official"; `anomaly_zoo.metrics.protocols`): AUROC below 0.5 flipped, image labels from the masks, and
     for DIVAD its 200-threshold PRO.
+
+    `pro_fpr_limit`: the FPR up to which "PRO" integrates (default 0.3, as MVTec AD). `extra_pro_limits` (e.g.
+    (0.05,), MVTec AD 2's AU-PRO): also returned as `pro_key(limit)` ("PRO@0.05"), from the same sorted arrays.
+    A binned (official) PRO has its own limit and ignores both.
     """
     spec = get_protocol(protocol)
+    extra = _check_limits(pro_fpr_limit, extra_pro_limits)
     scores_np = _as_numpy(scores, "scores").astype(np.float64)
     labels_np = _as_numpy(labels, "labels")
     if device is None:
@@ -140,7 +164,9 @@ def compute_metrics(
     pixel, weights = _rank_pixels(maps, masks) if device is None else _rank_pixels_torch(maps, masks)
     results["P-AUROC"] = auroc(pixel)
     results["P-AP"], results["P-F1max"] = ap_and_f1max(pixel)
-    results["PRO"] = binned_pro(pixel, weights) if spec.binned_pro else pro_auc(pixel, weights)
+    results["PRO"] = binned_pro(pixel, weights) if spec.binned_pro else pro_auc(pixel, weights, pro_fpr_limit)
+    for limit in extra:  # the exact PRO at another limit: the same ranks, no second sort
+        results[pro_key(limit)] = pro_auc(pixel, weights, limit)
     if spec.flip_auroc:
         results["I-AUROC"], results["P-AUROC"] = flipped(results["I-AUROC"]), flipped(results["P-AUROC"])
 
@@ -206,14 +232,23 @@ def _rank_pixels_torch(maps, masks) -> tuple[RankedScores, np.ndarray]:
 
 
 def compute_category_metrics(
-    scores: Any, labels: Any, maps: Any, masks: Any, categories: Sequence[str], protocol: str = "exact"
+    scores: Any,
+    labels: Any,
+    maps: Any,
+    masks: Any,
+    categories: Sequence[str],
+    protocol: str = "exact",
+    pro_fpr_limit: float = PRO_FPR_LIMIT,
+    extra_pro_limits: Sequence[float] = (),
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Metrics per category plus their unweighted mean over categories (as both papers and both official
     evaluations take it: `np.mean` over the classes).
 
-    Returns (per_category, mean). Categories keep their first-seen order. `protocol`: as `compute_metrics`.
+    Returns (per_category, mean). Categories keep their first-seen order. `protocol`, `pro_fpr_limit`,
+    `extra_pro_limits`: as `compute_metrics`.
     """
     get_protocol(protocol)  # an unknown name fails before any work
+    _check_limits(pro_fpr_limit, extra_pro_limits)
     scores_np, labels_np = _as_numpy(scores, "scores"), _as_numpy(labels, "labels")
     cats = np.asarray(list(categories))
     if cats.shape[0] != scores_np.shape[0]:
@@ -222,8 +257,9 @@ def compute_category_metrics(
     for category in dict.fromkeys(cats.tolist()):
         idx = np.flatnonzero(cats == category)
         per_category[category] = compute_metrics(
-            scores_np[idx], labels_np[idx], _take(maps, idx), _take(masks, idx), protocol=protocol
-        )
+            scores_np[idx], labels_np[idx], _take(maps, idx), _take(masks, idx), protocol=protocol,
+            pro_fpr_limit=pro_fpr_limit, extra_pro_limits=extra_pro_limits,
+        )  # fmt: skip
     return per_category, mean_over_categories(per_category)
 
 
@@ -239,10 +275,16 @@ def _contiguous(idx: np.ndarray) -> bool:
     return bool(idx.size) and idx[-1] - idx[0] + 1 == idx.size
 
 
-def mean_over_categories(per_category: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Unweighted mean over categories; a metric undefined in some category averages the others."""
+def mean_over_categories(
+    per_category: Mapping[str, Mapping[str, float]], metrics: Sequence[str] = METRIC_NAMES
+) -> dict[str, float]:
+    """Unweighted mean over categories; a metric undefined in some category averages the others.
+
+    `metrics` first, then every other key of the rows (e.g. "PRO@0.05" where asked for).
+    """
+    names = dict.fromkeys([*metrics, *(k for row in per_category.values() for k in row)])
     mean: dict[str, float] = {}
-    for name in METRIC_NAMES:
-        values = [row[name] for row in per_category.values() if not math.isnan(row[name])]
+    for name in names:
+        values = [row[name] for row in per_category.values() if name in row and not math.isnan(row[name])]
         mean[name] = float(np.mean(values)) if values else math.nan
     return mean

@@ -53,8 +53,9 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from anomaly_zoo.metrics.curves import PRO_FPR_LIMIT
 from anomaly_zoo.metrics.protocols import get_protocol
-from anomaly_zoo.metrics.suite import _is_binary, compute_category_metrics, compute_metrics
+from anomaly_zoo.metrics.suite import _check_limits, _is_binary, compute_category_metrics, compute_metrics
 
 __all__ = ["AnomalyMetrics"]
 
@@ -67,6 +68,8 @@ class AnomalyMetrics(Metric):
             (default): one group, and `compute` returns exactly `compute_metrics`'s dict.
         protocol: "exact" (default) or an official evaluation's ("onenip_official", "divad_official"), as
             `compute_metrics(..., protocol=...)`.
+        pro_fpr_limit, extra_pro_limits: PRO's integration limit (0.3) and further limits reported as
+            "PRO@<limit>" (e.g. (0.05,): MVTec AD 2's AU-PRO), as `compute_metrics`.
         **kwargs: torchmetrics' metric arguments (`compute_on_cpu`, `process_group`, `sync_on_compute`, ...).
 
     `compute` returns a flat dict of floats: the `METRIC_NAMES` keys, and with `categories` those keys hold the
@@ -87,9 +90,18 @@ class AnomalyMetrics(Metric):
     category_ids: list[Tensor] | Tensor
     indices: list[Tensor] | Tensor
 
-    def __init__(self, categories: Sequence[str] | None = None, protocol: str = "exact", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        categories: Sequence[str] | None = None,
+        protocol: str = "exact",
+        pro_fpr_limit: float = PRO_FPR_LIMIT,
+        extra_pro_limits: Sequence[float] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.protocol = get_protocol(protocol).name
+        self.extra_pro_limits = _check_limits(pro_fpr_limit, extra_pro_limits)
+        self.pro_fpr_limit = float(pro_fpr_limit)
         if isinstance(categories, str):
             raise TypeError(f"categories: expected a sequence of names, got the string {categories!r}")
         self.categories: tuple[str, ...] | None = None if categories is None else tuple(categories)
@@ -203,9 +215,15 @@ class AnomalyMetrics(Metric):
                 maps, scores, masks, labels, ids = (t[keep] for t in (maps, scores, masks, labels, ids))
         maps, scores, masks, labels, ids = (t.cpu() for t in (maps, scores, masks, labels, ids))
         if self.categories is None:
-            return compute_metrics(scores, labels, maps, masks, protocol=self.protocol)
+            return compute_metrics(
+                scores, labels, maps, masks, protocol=self.protocol, pro_fpr_limit=self.pro_fpr_limit,
+                extra_pro_limits=self.extra_pro_limits,
+            )  # fmt: skip
         names = [self.categories[i] for i in ids.tolist()]
-        per_category, mean = compute_category_metrics(scores, labels, maps, masks, names, protocol=self.protocol)
+        per_category, mean = compute_category_metrics(
+            scores, labels, maps, masks, names, protocol=self.protocol, pro_fpr_limit=self.pro_fpr_limit,
+            extra_pro_limits=self.extra_pro_limits,
+        )  # fmt: skip
         flat = dict(mean)
         for category in self.categories:
             for key, value in per_category.get(category, {}).items():
