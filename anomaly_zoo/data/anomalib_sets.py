@@ -264,6 +264,13 @@ def _constructor_arguments(info: DatasetInfo, root: Path, category: str, split: 
             )
         kwargs.update(resolution=str(opts["resolution"]), json_path=json_path)
     if info.name == "kaputt":
+        import importlib.util
+
+        if importlib.util.find_spec("pyarrow") is None:  # else anomalib's parquet read fails deep inside pandas
+            raise DatasetLayoutError(
+                "dataset=kaputt reads its parquet metadata with pyarrow, which is not installed: "
+                "pip install pyarrow (or pip install -e '.[kaputt]')"
+            )
         kwargs.update(image_type=opts["image_type"], image_mode=opts["image_mode"])
     return kwargs
 
