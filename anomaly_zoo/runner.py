@@ -34,10 +34,12 @@ from anomaly_zoo.checkpoints.model import (
     method_name,
     model_metadata,
 )
+from anomaly_zoo.checkpoints.categories import report_checkpoint_categories
 from anomaly_zoo.checkpoints.read import CheckpointError, read_checkpoint
 from anomaly_zoo.errors import one_line
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
 from anomaly_zoo.evaluation.cost import cost_record
+from anomaly_zoo.evaluation.datasets import dataset_means
 from anomaly_zoo.evaluation.per_image import per_defect
 from anomaly_zoo.evaluation.threshold import DecisionThreshold, recorded_threshold
 from anomaly_zoo.methods.base import AnomalyMethod
@@ -427,6 +429,7 @@ def _run_claimed(
     )  # fmt: skip
     threshold_callback: DecisionThreshold | None = None
     checkpoint: dict[str, Any] | None = None
+    known: dict[str, Any] | None = None  # the test's categories as the checkpoint knows them
     fit_s: float | None = None
     val_loss: float | None = None
     callbacks: list = [collector]
@@ -459,6 +462,7 @@ def _run_claimed(
         val_loss = _validation_loss(trainer)  # read now: testing resets the trainer's callback metrics
     elif cfg.get("ckpt_path"):
         checkpoint = load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg))
+        known = report_checkpoint_categories(checkpoint, datamodule, method, str(cfg.ckpt_path))
     elif method.requires_training:
         raise ValueError(
             f"method {method_name(cfg)} must be trained: run anomaly_zoo.train, "
@@ -475,6 +479,7 @@ def _run_claimed(
     runtime = time.perf_counter() - start
     resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # a DictConfig: a dict
     name = method_name(cfg)
+    datasets = dataset_means(datamodule.category_sources(), collector.per_category) if cfg.dataset.get("members") else {}
     path = write_results(
         out,
         name,
@@ -495,12 +500,16 @@ def _run_claimed(
             "decision_threshold": threshold or None,
             "per_defect": per_defect(collector.images, threshold["value"] if threshold else None),
             "images": collector.images,
+            **({"datasets": datasets} if datasets else {}),
+            **({"checkpoint_categories": known} if known else {}),
             **method.result_metadata(),
         },
     )
     scored = "" if not collector.protocol.official else f", evaluated as {collector.protocol.name}"
     print(f"\n{name} on {cfg.dataset.name} ({cfg.dataset.protocol}{scored}), {runtime:.1f} s\n")
     print(metrics_table(collector.per_category, collector.mean))
+    if datasets:  # a union: each member's mean, as the official union logs' per-dataset reading
+        print("\n" + metrics_table({k: v["mean"] for k, v in datasets.items()}, collector.mean, label="dataset"))
     overlays = write_heatmaps(collector, datamodule, out / "heatmaps", cfg.eval.heatmaps_per_category)
     if isinstance(trainer.logger, WandbLogger) and overlays:
         trainer.logger.log_image(key="heatmaps", images=[str(p) for p in overlays], caption=[p.stem for p in overlays])

@@ -46,6 +46,10 @@ def model_metadata(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
         "backbone": OmegaConf.to_container(cfg.backbone, resolve=True) if cfg.get("backbone") else None,
         "image_size": list(datamodule.test_dataset.size),
         "config_key": config_keys.config_key(_container(cfg)),
+        # the training categories and where they came from: a test on other data says which it knows
+        # (checkpoints/categories.py)
+        "categories": {name: list(source) for name, source in datamodule.category_sources().items()},
+        "members": datamodule.member_record(),
     }
 
 
