@@ -85,6 +85,8 @@ def _experiment_keys(name: str) -> set[str]:
             preset = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(path)))
             keys = set()
             for entry in preset.pop("defaults", None) or []:
+                if isinstance(entry, str) and entry != "_self_":  # another preset it builds on: its keys too
+                    keys |= _experiment_keys(entry.removeprefix("/experiment/"))
                 for group in entry if isinstance(entry, dict) else []:
                     keys.add(group.removeprefix("override").strip().lstrip("/"))
             return keys | set(config_keys.flatten(preset))

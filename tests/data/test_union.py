@@ -167,3 +167,19 @@ def test_the_leaderboard_shows_each_members_mean(union_and_alone, tmp_path):
     page = (tmp_path / "leaderboard_union.html").read_text()
     assert "Mean over b's categories" in page and "leaderboard_union_a%3Alogo.html" in page
     assert tmp_path / "leaderboard_union_a:logo.html" in written
+
+
+def test_the_union_presets_compose_and_the_evaluation_preset_counts_the_official_ones_keys(tmp_path):
+    from anomaly_zoo.checkpoints.model import _experiment_keys
+
+    train = compose_run(["experiment=onenip_union"], tmp_path)
+    assert train.dataset._target_.endswith("UnionDataModule") and train.dataset.train_batch_size == 8
+    assert train.method.lr == 1.0e-4 and train.method.max_epochs == 1000 and train.method.lr_step_fraction == 0.8
+    assert train.backbone.name == "efficientnet_b4" and train.evaluation.protocol == "onenip_official"
+    test = compose_run(["experiment=onenip_union_official_eval", "ckpt_path=x.ckpt"], tmp_path, "test")
+    assert test.dataset._target_.endswith("UnionDataModule") and list(test.dataset.members) == ["mvtec", "visa", "btad"]
+    assert test.method.score_scaling == "transductive" and test.method.prompt_selection == "random"
+    # the keys the preset sets through the one it builds on count as the command line's (checkpoint adoption)
+    assert {"dataset", "method", "method.score_scaling", "method.prompt_selection"} <= _experiment_keys(
+        "onenip_union_official_eval"
+    )
