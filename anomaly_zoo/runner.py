@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_zoo import config_keys
 from anomaly_zoo.checkpointing import AtomicCheckpointIO, RecordModel, checkpoint_callbacks, newest_checkpoint
+from anomaly_zoo.checkpoints.categories import report_checkpoint_categories
 from anomaly_zoo.checkpoints.model import (
     adopt_if_readable,
     check_model_matches,
@@ -34,7 +35,6 @@ from anomaly_zoo.checkpoints.model import (
     method_name,
     model_metadata,
 )
-from anomaly_zoo.checkpoints.categories import report_checkpoint_categories
 from anomaly_zoo.checkpoints.read import CheckpointError, read_checkpoint
 from anomaly_zoo.errors import one_line
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
@@ -479,7 +479,9 @@ def _run_claimed(
     runtime = time.perf_counter() - start
     resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # a DictConfig: a dict
     name = method_name(cfg)
-    datasets = dataset_means(datamodule.category_sources(), collector.per_category) if cfg.dataset.get("members") else {}
+    datasets = (
+        dataset_means(datamodule.category_sources(), collector.per_category) if cfg.dataset.get("members") else {}
+    )
     path = write_results(
         out,
         name,

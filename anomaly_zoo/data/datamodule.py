@@ -172,11 +172,11 @@ class AnomalyDataModule(LightningDataModule):
 
     def category_sources(self) -> dict[str, tuple[str, str, str]]:
         """Each category's (member label, registered dataset, own name): what checkpoints record of their data."""
-        return {c: (self.name, self.name, c) for c in self.categories}
+        return {c: (self.info.name, self.info.name, c) for c in self.categories}
 
     def member_record(self) -> dict[str, dict[str, str]]:
         """The datasets this module reads, by label (one here; `dataset=union`: its members)."""
-        return {self.name: {"dataset": self.name, "root": str(self.root)}}
+        return {self.info.name: {"dataset": self.info.name, "root": str(self.root)}}
 
     def _held_out(self, n: int, ratio: float) -> np.ndarray:
         """A seeded, sorted random subset of range(n) of size round(ratio * n)."""

@@ -52,7 +52,11 @@ def _known_datasets() -> list[str]:
 
 
 def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) or OmegaConf.is_list(value) else value
+    return (
+        OmegaConf.to_container(value, resolve=True)
+        if isinstance(value, DictConfig) or OmegaConf.is_list(value)
+        else value
+    )
 
 
 def parse_members(members: Any) -> list[UnionMember]:
@@ -76,7 +80,8 @@ def parse_members(members: Any) -> list[UnionMember]:
         known = _known_datasets()
         if dataset not in known:
             raise UnionConfigError(f"dataset.members.{key}: {dataset!r} is not a registered dataset; known: "
-                                   f"{', '.join(known)} (dataset.members.{key}.name=<one of them> for another label)")  # fmt: skip
+                                   f"{', '.join(known)} (a label of your own: dataset.members.{key}.name=<one of "
+                                   "them>)")  # fmt: skip
         if not entry.get("root"):
             raise UnionConfigError(f"dataset.members.{key}.root is not set (the folder of dataset={dataset})")
         info = get_dataset_info(dataset)
@@ -147,12 +152,12 @@ class UnionDataModule(AnomalyDataModule):
                                for m in self.members}  # fmt: skip
 
     def _dataset_info(self, name: str) -> DatasetInfo:
-        infos = [get_dataset_info(m.dataset) for m in self.members]
-        return DatasetInfo(
-            UNION, "", None, tuple(self.names), "; ".join(f"{m.key}: {i.layout}" for m, i in zip(self.members, infos)),
-            "; ".join(f"{m.key}: {i.source}" for m, i in zip(self.members, infos)),
-            "; ".join(f"{m.key}: {i.licence}" for m, i in zip(self.members, infos)),
-        )  # fmt: skip
+        infos = {m.key: get_dataset_info(m.dataset) for m in self.members}
+
+        def each(field: str) -> str:
+            return "; ".join(f"{key}: {getattr(info, field)}" for key, info in infos.items())
+
+        return DatasetInfo(UNION, "", None, tuple(self.names), each("layout"), each("source"), each("licence"))
 
     def prepare_data(self) -> None:
         for key, module in self.member_modules.items():

@@ -27,15 +27,10 @@ from anomaly_zoo.data import AnomalyDataModule
 from anomaly_zoo.data.synthetic import MARKER
 from tests.checkpoints.test_checkpoint_files import _EasyDict
 from tests.conftest import CONF_DIR
-from tests.methods.onenip.test_official_onenip import (  # noqa: F401 (fixtures)
-    MEAN,
-    ROOT,
-    STD,
-    backbone_state,
-    official,
-    official_model,
-    randomise,
-)
+from tests.methods.onenip import test_official_onenip as reference
+from tests.methods.onenip.test_official_onenip import MEAN, ROOT, STD, official_model, randomise
+
+official, backbone_state = reference.official, reference.backbone_state  # its fixtures, shared here
 
 pytestmark = [
     pytest.mark.skipif(not ROOT, reason="set ANOMALY_ZOO_OFFICIAL_ONENIP to a work tree of github.com/gaobb/OneNIP"),
@@ -137,8 +132,9 @@ def test_official_model_converted_tested_and_predicted_equals_the_official_valid
 
     convert(composed("convert", [*EVAL, f"ckpt_path={original}", f"output={converted}"]))
     original.unlink()  # the converted file stands alone
-    res = json.loads(Path(run(composed("test", [*EVAL, f"ckpt_path={converted}", "eval.heatmaps_per_category=0",
-                                                "eval.bootstrap_resamples=0"]), fit=False)["results_path"]).read_text())  # fmt: skip
+    tested_cfg = composed("test", [*EVAL, f"ckpt_path={converted}", "eval.heatmaps_per_category=0",
+                                   "eval.bootstrap_resamples=0"])  # fmt: skip
+    res = json.loads(Path(run(tested_cfg, fit=False)["results_path"]).read_text())
     folder = tmp_path / "images"
     folder.mkdir()
     for rel in res["images"]["path"]:
