@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_zoo import config_keys
 from anomaly_zoo.checkpointing import AtomicCheckpointIO, RecordModel, checkpoint_callbacks, newest_checkpoint
+from anomaly_zoo.checkpoints.categories import report_checkpoint_categories
 from anomaly_zoo.checkpoints.model import (
     adopt_if_readable,
     check_model_matches,
@@ -40,6 +41,7 @@ from anomaly_zoo.errors import one_line
 from anomaly_zoo.evaluation import EvaluationCollector, write_results
 from anomaly_zoo.evaluation.cost import cost_record
 from anomaly_zoo.evaluation.dataset_metrics import check_dataset_inputs, request_for
+from anomaly_zoo.evaluation.datasets import dataset_means
 from anomaly_zoo.evaluation.per_image import per_defect
 from anomaly_zoo.evaluation.threshold import DecisionThreshold, recorded_threshold
 from anomaly_zoo.methods.base import AnomalyMethod
@@ -440,6 +442,7 @@ def _run_claimed(
     )  # fmt: skip
     threshold_callback: DecisionThreshold | None = None
     checkpoint: dict[str, Any] | None = None
+    known: dict[str, Any] | None = None  # the test's categories as the checkpoint knows them
     fit_s: float | None = None
     val_loss: float | None = None
     callbacks: list = [collector]
@@ -472,6 +475,7 @@ def _run_claimed(
         val_loss = _validation_loss(trainer)  # read now: testing resets the trainer's callback metrics
     elif cfg.get("ckpt_path"):
         checkpoint = load_checkpoint_weights(method, cfg.ckpt_path, method_name(cfg))
+        known = report_checkpoint_categories(checkpoint, datamodule, method, str(cfg.ckpt_path))
     elif method.requires_training:
         raise ValueError(
             f"method {method_name(cfg)} must be trained: run anomaly_zoo.train, "
@@ -489,6 +493,9 @@ def _run_claimed(
     resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # a DictConfig: a dict
     name = method_name(cfg)
     dataset_name, dataset_extra = dataset_record(cfg, datamodule, test_dm)
+    datasets = (
+        dataset_means(test_dm.category_sources(), collector.per_category) if getattr(test_dm, "members", None) else {}
+    )
     path = write_results(
         out,
         name,
@@ -511,12 +518,16 @@ def _run_claimed(
             "images": collector.images,
             **dataset_extra,
             **({"dataset_metrics": collector.dataset_metrics} if collector.dataset_metrics else {}),
+            **({"datasets": datasets} if datasets else {}),
+            **({"checkpoint_categories": known} if known else {}),
             **method.result_metadata(),
         },
     )
     scored = "" if not collector.protocol.official else f", evaluated as {collector.protocol.name}"
     print(f"\n{name} on {dataset_name} ({cfg.dataset.protocol}{scored}), {runtime:.1f} s\n")
     print(metrics_table(collector.per_category, collector.mean))
+    if datasets:  # a union: each member's mean, as the official union logs' per-dataset reading
+        print("\n" + metrics_table({k: v["mean"] for k, v in datasets.items()}, collector.mean, label="dataset"))
     overlays = write_heatmaps(collector, test_dm, out / "heatmaps", cfg.eval.heatmaps_per_category)
     if isinstance(trainer.logger, WandbLogger) and overlays:
         trainer.logger.log_image(key="heatmaps", images=[str(p) for p in overlays], caption=[p.stem for p in overlays])

@@ -117,17 +117,27 @@ def missing_weights(cfg: DictConfig) -> list[str]:
     return missing
 
 
-def _root_error(ds: DictConfig) -> str | None:
+def _root_error(value: Any, name: str, key: str = "dataset.root") -> str | None:
     """`dataset.root` must be a folder; the synthetic set is generated where it is missing, so there only a file in
     the way (the root itself or a folder above it) is an error."""
-    root = Path(str(ds.get("root"))).expanduser()
+    root = Path(str(value)).expanduser()
     blocking = next((p for p in (root, *root.parents) if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         where = "is a file, not a folder" if blocking == root else f"is below {blocking}, a file"
-        return f"dataset.root={ds.get('root')!r}: {where} (set dataset.root=/path/to/{ds.name})"
-    if ds.get("name") != "synthetic" and not root.is_dir():
-        return f"dataset.root={ds.get('root')!r}: no such folder (set dataset.root=/path/to/{ds.name})"
+        return f"{key}={value!r}: {where} (set {key}=/path/to/{name})"
+    if name != "synthetic" and not root.is_dir():
+        return f"{key}={value!r}: no such folder (set {key}=/path/to/{name})"
     return None
+
+
+def _dataset_errors(ds: DictConfig) -> list[str]:
+    """The root (a union: its members and each member's root)."""
+    if ds.get("members") is None:
+        return [e for e in [_root_error(ds.get("root"), str(ds.get("name")))] if e]
+    from anomaly_zoo.data.union import member_roots, union_config_errors
+
+    errors = union_config_errors(ds)
+    return errors + [e for key, root, name in member_roots(ds) if (e := _root_error(root, name, key))]
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -146,8 +156,7 @@ def validate_config(cfg: DictConfig) -> None:
     if ds.get("name") == "folder":
         _check(errors, "dataset.normal_test_ratio", ds.get("normal_test_ratio"), lambda v: 0.0 < float(v) < 1.0,
                "in (0, 1)")  # fmt: skip
-    if (root_error := _root_error(ds)) is not None:
-        errors.append(root_error)
+    errors += _dataset_errors(ds)
     _check(errors, "trainer.max_epochs", trainer.get("max_epochs"),
            lambda v: v is None or (_is_int(v) and v >= -1 and v != 0), "an integer >= 1 (or -1: no limit)")  # fmt: skip
     if (devices := _devices_error(trainer)) is not None:

@@ -46,6 +46,10 @@ def model_metadata(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
         "backbone": OmegaConf.to_container(cfg.backbone, resolve=True) if cfg.get("backbone") else None,
         "image_size": list(datamodule.test_dataset.size),
         "config_key": config_keys.config_key(_container(cfg)),
+        # the training categories and where they came from: a test on other data says which it knows
+        # (checkpoints/categories.py)
+        "categories": {name: list(source) for name, source in datamodule.category_sources().items()},
+        "members": datamodule.member_record(),
     }
 
 
@@ -81,6 +85,8 @@ def _experiment_keys(name: str) -> set[str]:
             preset = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(path)))
             keys = set()
             for entry in preset.pop("defaults", None) or []:
+                if isinstance(entry, str) and entry != "_self_":  # another preset it builds on: its keys too
+                    keys |= _experiment_keys(entry.removeprefix("/experiment/"))
                 for group in entry if isinstance(entry, dict) else []:
                     keys.add(group.removeprefix("override").strip().lstrip("/"))
             return keys | set(config_keys.flatten(preset))

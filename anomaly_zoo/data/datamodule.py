@@ -72,7 +72,7 @@ class AnomalyDataModule(LightningDataModule):
             raise ValueError(f"dataset.mask_resize={mask_resize!r} is not one of {MASK_RESIZES}")
         if not 0.0 <= val_ratio < 1.0:
             raise ValueError(f"dataset.val_ratio={val_ratio} must be in [0, 1)")
-        self.info: DatasetInfo = get_dataset_info(name)
+        self.info: DatasetInfo = self._dataset_info(name)
         self.options = anomalib_sets.check_options(self.info, options)
         if self.info.own_val_split and val_ratio > 0:
             raise ValueError(f"dataset={name} ships its own validation images (validation/good), the validation split: "
@@ -107,6 +107,9 @@ class AnomalyDataModule(LightningDataModule):
         self.train_dataset: AnomalyImageDataset | None = None
         self.val_dataset: AnomalyImageDataset | None = None
         self.test_dataset: AnomalyImageDataset | None = None
+
+    def _dataset_info(self, name: str) -> DatasetInfo:
+        return get_dataset_info(name)
 
     def _resolve_categories(self, category: str | None, categories: Sequence[str] | None) -> list[str]:
         known = self.info.categories
@@ -192,6 +195,14 @@ class AnomalyDataModule(LightningDataModule):
         if self.name == "folder":
             return index_folder(self.root, category, split, **self.folder)
         return index_category(self.info, self.root, category, split)
+
+    def category_sources(self) -> dict[str, tuple[str, str, str]]:
+        """Each category's (member label, registered dataset, own name): what checkpoints record of their data."""
+        return {c: (self.info.name, self.info.name, c) for c in self.categories}
+
+    def member_record(self) -> dict[str, dict[str, str]]:
+        """The datasets this module reads, by label (one here; `dataset=union`: its members)."""
+        return {self.info.name: {"dataset": self.info.name, "root": str(self.root)}}
 
     def _held_out(self, n: int, ratio: float) -> np.ndarray:
         """A seeded, sorted random subset of range(n) of size round(ratio * n)."""

@@ -122,6 +122,11 @@ class AnomalyMethod(LightningModule):
         and returns a sentence saying so, which predict logs and writes into its report; others return None."""
         return None
 
+    def rename_categories(self, renames: dict[str, str]) -> None:
+        """Called by the runner after loading a checkpoint that named some of the test's categories otherwise (a
+        union's `visa:candle` tested as VisA's `candle`): {checkpoint's name: test's name}. Methods that keep per-class
+        state rename it; the others (category-agnostic at test time) have nothing to do."""
+
     def require_training_data(self) -> TrainingData:
         if self.training_data is None:
             raise RuntimeError(

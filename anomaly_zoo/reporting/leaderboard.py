@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from anomaly_zoo.reporting.leaderboard_formats import (
     write_runs_csv,
 )
 from anomaly_zoo.reporting.leaderboard_html import write_html
-from anomaly_zoo.reporting.rows import group_rows, mark_ties
+from anomaly_zoo.reporting.rows import Row, group_rows, mark_ties
 
 
 @dataclass
@@ -42,6 +42,8 @@ class RunRecord:
     intervals: dict[str, Any] | None = None
     cost: dict[str, Any] = field(default_factory=dict)
     per_defect: dict[str, Any] = field(default_factory=dict)
+    #: a union's per-dataset means (results.json `datasets`: member label → {"dataset", "categories", "mean"})
+    datasets: dict[str, Any] = field(default_factory=dict)
 
 
 def read_run(path: Path) -> RunRecord:
@@ -64,6 +66,7 @@ def read_run(path: Path) -> RunRecord:
         intervals=data.get("intervals"),
         cost=data.get("cost") or {},
         per_defect=data.get("per_defect") or {},
+        datasets=data.get("datasets") or {},
     )
 
 
@@ -122,6 +125,14 @@ def table_name(dataset: str, protocol: str) -> str:
     return f"leaderboard_{dataset}" if protocol == "exact" else f"leaderboard_{dataset}_{protocol}"
 
 
+def member_rows(rows: list[Row]) -> list[tuple[str, list[Row]]]:
+    """A union's tables per member dataset: (label, rows whose runs carry that member's mean as theirs). Tie marks
+    are the overall mean's only, so these rows have none."""
+    members = list(dict.fromkeys(k for row in rows for r in row.runs for k in r.datasets))
+    return [(m, [Row([replace(r, mean=(r.datasets.get(m) or {}).get("mean") or {}, intervals=None)
+                      for r in row.runs]) for row in rows]) for m in members]  # fmt: skip
+
+
 def _protocol_line(protocol: str) -> str:
     if protocol == "exact":
         return "Evaluation protocol: exact (the metric definitions; anomaly_zoo/metrics/README.md)."
@@ -152,6 +163,9 @@ def write_leaderboards(runs: list[RunRecord], out_dir: str | Path) -> list[Path]
         md = [f"# Leaderboard: {dataset}", "", f"{len(group)} runs in {len(rows)} rows. {legend(resamples)}",
               _protocol_line(protocol), "", metric_table("mean over categories", rows, None), "",
               cost_table(rows)]  # fmt: skip
+        members = member_rows(rows)
+        for member, member_rows_ in members:
+            md += ["", metric_table(f"mean over {member}'s categories", member_rows_, None)]
         for c in categories:
             md += ["", metric_table(c, rows, c)]
         for c in categories:
@@ -160,10 +174,10 @@ def write_leaderboards(runs: list[RunRecord], out_dir: str | Path) -> list[Path]
         name = table_name(dataset, protocol)
         md_path, csv_path, rows_path = out / f"{name}.md", out / f"{name}.csv", out / f"{name}_rows.csv"
         md_path.write_text("\n".join(md) + "\n")
-        write_runs_csv(csv_path, rows, categories)
+        write_runs_csv(csv_path, rows, categories, [m for m, _ in members])
         write_rows_csv(rows_path, rows)
         intro = [f"{len(group)} runs in {len(rows)} rows. {legend(resamples)}", _protocol_line(protocol)]
-        pages = write_html(out / f"{name}.html", f"Leaderboard: {dataset}", intro, rows, categories)
+        pages = write_html(out / f"{name}.html", f"Leaderboard: {dataset}", intro, rows, categories, members)
         written += [md_path, csv_path, rows_path, *pages]
     return written
 

@@ -121,9 +121,12 @@ def defect_table(rows: list[Row], category: str) -> str | None:
     return "\n".join(lines)
 
 
-def write_runs_csv(path: Path, rows: list[Row], categories: list[str]) -> None:
-    """One line per run (each seed its own): every metric per category, its row's label, seed and cost."""
-    columns = [f"mean/{m}" for m in METRIC_NAMES] + [f"{c}/{m}" for c in categories for m in METRIC_NAMES]
+def write_runs_csv(path: Path, rows: list[Row], categories: list[str], members: list[str] | None = None) -> None:
+    """One line per run (each seed its own): every metric per category (a union: and per member dataset,
+    `dataset:<label>/<metric>`), its row's label, seed and cost."""
+    members = members or []
+    columns = [f"mean/{m}" for m in METRIC_NAMES] + [f"dataset:{d}/{m}" for d in members for m in METRIC_NAMES]
+    columns += [f"{c}/{m}" for c in categories for m in METRIC_NAMES]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["run", "method", "status", "error", "results", "protocol", "seed", *columns,
@@ -131,6 +134,7 @@ def write_runs_csv(path: Path, rows: list[Row], categories: list[str]) -> None:
         for row in rows:
             for r in row.runs:
                 values = [r.mean.get(m) for m in METRIC_NAMES]
+                values += [((r.datasets.get(d) or {}).get("mean") or {}).get(m) for d in members for m in METRIC_NAMES]
                 values += [r.categories.get(c, {}).get(m) for c in categories for m in METRIC_NAMES]
                 cost = [(r.cost or {}).get(k) for k in COST_COLUMNS]
                 writer.writerow([r.label, r.method, r.status, r.error, str(r.path), r.protocol, r.flat.get("seed"),

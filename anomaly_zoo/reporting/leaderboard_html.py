@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 from anomaly_zoo.metrics import METRIC_NAMES
 from anomaly_zoo.reporting.leaderboard_formats import COST_COLUMNS, TIE, cost_value
@@ -136,12 +137,18 @@ def _page(title: str, intro: list[str], body: str) -> str:
     ])  # fmt: skip
 
 
-def write_html(path: Path, title: str, intro: list[str], rows: list[Row], categories: list[str]) -> list[Path]:
-    """The main page (means over categories, cost, links to the categories) and one page per category."""
+def write_html(path: Path, title: str, intro: list[str], rows: list[Row], categories: list[str],
+               members: list[tuple[str, list[Row]]] | None = None) -> list[Path]:  # fmt: skip
+    """The main page (means over categories, a union's per-dataset means, cost, links to the categories) and one
+    page per category."""
     stem = path.with_suffix("")
-    links = " · ".join(f"<a href='{html.escape(stem.name)}_{html.escape(c)}.html'>{html.escape(c)}</a>"
+    # quoted: a union's `visa:candle` would otherwise read as a URL scheme
+    links = " · ".join(f"<a href='{html.escape(quote(f'{stem.name}_{c}.html'))}'>{html.escape(c)}</a>"
                        for c in categories)  # fmt: skip
-    body = "<h2>Mean over categories</h2>" + _table(rows, None, path, True) + f"<p>Per category: {links}</p>"
+    body = "<h2>Mean over categories</h2>" + _table(rows, None, path, True)
+    for member, member_rows in members or []:
+        body += f"<h2>Mean over {html.escape(member)}'s categories</h2>" + _table(member_rows, None, path, False)
+    body += f"<p>Per category: {links}</p>"
     path.write_text(_page(title, intro, body), encoding="utf-8")
     written = [path]
     for c in categories:

@@ -394,6 +394,10 @@ class OneNIP(AnomalyMethod):
             )
         return self.pool_categories.index(category)
 
+    def rename_categories(self, renames: dict[str, str]) -> None:
+        """The prompt pool's classes under the test's names (oracle and random prompts choose by class name)."""
+        self.pool_categories = [renames.get(c, c) for c in self.pool_categories]
+
     @torch.no_grad()
     def complete_from_training_data(self, data: TrainingData) -> None:
         """What an official checkpoint lacks, built from the training images as training would have: the prompt
