@@ -170,3 +170,10 @@ def test_mvtec_ad2_run_chooses_the_segf1_threshold_on_its_own_validation_images(
     assert 0.0 < expected < 1.0
     assert block["categories"]["can"]["SegF1"] == pytest.approx(expected, abs=1e-12)
     assert 0.0 < block["categories"]["can"]["PRO@0.05"] < 1.0 and "PRO@0.05" not in res["categories"]["can"]
+
+
+def test_mvtec_ad2_without_validation_images_stops_before_the_run(tmp_path):
+    layouts.mvtec_ad2(tmp_path, val=0)
+    with pytest.raises(ValueError, match=r"^SegF1 \(dataset=mvtec_ad2\) .* none for can: .*validation/good\)"):
+        _run("mvtec_ad2", tmp_path, tmp_path / "run", "dataset.categories=[can]")
+    assert not (tmp_path / "run" / "run.json").exists()
