@@ -177,3 +177,16 @@ def test_mvtec_ad2_without_validation_images_stops_before_the_run(tmp_path):
     with pytest.raises(ValueError, match=r"^SegF1 \(dataset=mvtec_ad2\) .* none for can: .*validation/good\)"):
         _run("mvtec_ad2", tmp_path, tmp_path / "run", "dataset.categories=[can]")
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_cross_dataset_run_reports_the_tested_datasets_metrics(tmp_path):
+    """Fit on MVTec LOCO, test on MVTec AD 2: SegF1 and PRO@0.05 (the tested set's protocol, its threshold on the
+    tested set's validation images), no sPRO."""
+    layouts.loco(tmp_path / "loco")
+    w = layouts.mvtec_ad2(tmp_path / "ad2", val=2)
+    target = ["test_dataset=mvtec_ad2", f"test_dataset.root={tmp_path / 'ad2'}", "test_dataset.categories=[can]"]
+    res = _run("mvtec_loco", tmp_path / "loco", tmp_path / "run", "dataset.categories=[breakfast_box]", *target)
+    assert res["dataset"] == "mvtec_loco->mvtec_ad2" and res["dataset_metrics"]["metrics"] == ["PRO@0.05", "SegF1"]
+    val_pixels = np.stack([_map(Path(p)) for p in w["val"]]).astype(np.float64)
+    threshold = res["dataset_metrics"]["segf1_threshold"]["can"]
+    assert threshold["value"] == pytest.approx(val_pixels.mean() + 3 * val_pixels.std(), rel=1e-9)
