@@ -8,7 +8,8 @@ What the datasets side provides (read here, nothing else):
   "structural") for defective images (anything for good ones).
 - MVTec LOCO: `Sample.masks`, a defective image's ground-truth PNGs (one per defect; a folder as `mask_path` is
   read too), and `datamodule.defects_configs`, each category's `defects_config.json` found in `setup`.
-- MVTec AD 2: `datamodule.val_dataset`, normal validation images (its `validation` split, or dataset.val_ratio>0).
+- MVTec AD 2: `datamodule.val_dataset`, normal validation images of every category (its `validation` split; elsewhere
+  dataset.val_ratio>0 where the train split is indexed).
 """
 
 from __future__ import annotations
@@ -36,12 +37,30 @@ def defects_config_path(datamodule: Any, category: str) -> Path:
 
 def check_dataset_inputs(request: DatasetMetricsRequest, datamodule: Any) -> None:
     """Before any training: inputs the dataset's metrics will need and that are missing are one-line errors."""
-    if request.segf1 and not datamodule.val_dataset:
-        raise ValueError(f"SegF1 (dataset={datamodule.name}) chooses its threshold on normal validation images, and "
-                         f"this run has none: {NO_VALIDATION_FIX}")  # fmt: skip
+    if request.segf1:
+        samples = datamodule.val_dataset.samples if datamodule.val_dataset else []
+        found = {s.category for s in samples if s.label == 0}
+        missing = [c for c in datamodule.categories if c not in found]
+        if missing:
+            raise ValueError(f"SegF1 (dataset={datamodule.name}) chooses its threshold on normal validation images "
+                             f"per category, and this run has none for {', '.join(missing)}: "
+                             f"{no_validation_fix(datamodule)}")  # fmt: skip
     if request.spro:
         for category in datamodule.categories:
             read_defects_config(defects_config_path(datamodule, category))  # names a missing file
+
+
+def no_validation_fix(datamodule: Any) -> str:
+    """What gives this run validation images: `dataset.val_ratio` only holds out images of an indexed train split."""
+    if datamodule.info.own_val_split:
+        return (f"dataset={datamodule.name} takes them from its own validation split ({datamodule.root}/<category>/"
+                "validation/good), which is empty or missing there")  # fmt: skip
+    if not datamodule.use_train_split:
+        # training-free methods, and the test side of a cross-dataset run, never index the train split
+        return ("the train split is not indexed here (a training-free method, or the test set of a cross-dataset "
+                "run), so dataset.val_ratio holds no image out; SegF1 needs a dataset with its own validation split "
+                "(validation/good, as mvtec_ad2 ships)")  # fmt: skip
+    return NO_VALIDATION_FIX
 
 
 @torch.no_grad()

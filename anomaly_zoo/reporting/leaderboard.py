@@ -11,6 +11,7 @@ from typing import Any
 from anomaly_zoo.config_keys import flatten, is_result_neutral, is_seed_key, result_relevant
 from anomaly_zoo.metrics import METRIC_NAMES
 from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES, IMAGE_METRICS
+from anomaly_zoo.reporting.dataset_columns import blank_pixel_metrics, extra_columns, merge_dataset_metrics, scope_note
 from anomaly_zoo.reporting.leaderboard_formats import (
     cost_table,
     defect_table,
@@ -44,6 +45,15 @@ class RunRecord:
     per_defect: dict[str, Any] = field(default_factory=dict)
     #: a union's per-dataset means (results.json `datasets`: member label → {"dataset", "categories", "mean"})
     datasets: dict[str, Any] = field(default_factory=dict)
+    #: results.json `pixel_metrics` ("all", or which categories have no masks: image metrics only there)
+    pixel_metrics: str = "all"
+    #: the columns results.json `dataset_metrics` added to `categories` and `mean` (SegF1, sPRO@0.05, S-AUROC, ...)
+    dataset_columns: list[str] = field(default_factory=list)
+
+    @property
+    def scope(self) -> str:
+        """The mark of a dataset without masks: "image metrics only [for <categories>]"; empty otherwise."""
+        return scope_note(self.pixel_metrics, self.categories)
 
 
 def read_run(path: Path) -> RunRecord:
@@ -51,14 +61,18 @@ def read_run(path: Path) -> RunRecord:
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise ValueError(f"a JSON {type(data).__name__}, not a run record")
+    categories, mean = data.get("categories", {}), data.get("mean", {})
+    columns = merge_dataset_metrics(data.get("dataset_metrics"), categories, mean)
+    pixel_metrics = str(data.get("pixel_metrics", "all"))
+    blank_pixel_metrics(pixel_metrics, categories, mean)  # empty cells, whatever a writer put there
     return RunRecord(
         path=path,
         method=data.get("method", "?"),
         dataset=data.get("dataset", "?"),
         status=data.get("status", "ok"),
         error=data.get("error", ""),
-        categories=data.get("categories", {}),
-        mean=data.get("mean", {}),
+        categories=categories,
+        mean=mean,
         config=data.get("config", {}),
         flat=flatten(data.get("config", {})),
         protocol=str((data.get("evaluation") or {}).get("protocol", "exact")),
@@ -67,6 +81,8 @@ def read_run(path: Path) -> RunRecord:
         cost=data.get("cost") or {},
         per_defect=data.get("per_defect") or {},
         datasets=data.get("datasets") or {},
+        pixel_metrics=pixel_metrics,
+        dataset_columns=columns,
     )
 
 
@@ -147,6 +163,14 @@ def _protocol_line(protocol: str) -> str:
             f"masks{binned}){exact}. Not comparable with exact numbers.")  # fmt: skip
 
 
+def dataset_metrics_line(plain: list[str], kinds: dict[str, list[str]]) -> str:
+    """What the columns beyond the suite's seven are."""
+    parts = [f"{', '.join(plain)}: the dataset's own metrics (anomaly_zoo/metrics/README.md)"] if plain else []
+    if kinds:
+        parts.append(f"{' and '.join(kinds)} anomalies scored apart, each with the normal images")
+    return "Beyond the seven suite metrics: " + "; ".join(parts) + "."
+
+
 def write_leaderboards(runs: list[RunRecord], out_dir: str | Path) -> list[Path]:
     """Per dataset and evaluation protocol: a Markdown file (means, per category, cost, per defect type), two CSVs
     (one line per run and seed; one per row with spreads, intervals and tie marks) and an HTML page (sortable, with
@@ -160,24 +184,30 @@ def write_leaderboards(runs: list[RunRecord], out_dir: str | Path) -> list[Path]
         resamples = max((int((r.intervals or {}).get("resamples", 0)) for r in group), default=0) or DEFAULT_RESAMPLES
         mark_ties(rows, resamples)
         categories = list(dict.fromkeys(c for r in group for c in r.categories))
+        plain, kinds = extra_columns(group)  # the dataset's own metrics (results.json dataset_metrics)
+        metrics, every = [*METRIC_NAMES, *plain], [*METRIC_NAMES, *plain, *(c for cols in kinds.values() for c in cols)]
+        notes = [_protocol_line(protocol), *([dataset_metrics_line(plain, kinds)] if plain or kinds else [])]
         md = [f"# Leaderboard: {dataset}", "", f"{len(group)} runs in {len(rows)} rows. {legend(resamples)}",
-              _protocol_line(protocol), "", metric_table("mean over categories", rows, None), "",
-              cost_table(rows)]  # fmt: skip
+              *notes, "", metric_table("mean over categories", rows, None, metrics)]  # fmt: skip
         members = member_rows(rows)
-        for member, member_rows_ in members:
+        for member, member_rows_ in members:  # a union: each member dataset's mean
             md += ["", metric_table(f"mean over {member}'s categories", member_rows_, None)]
+        for kind, columns in kinds.items():  # MVTec LOCO's logical and structural rows
+            md += ["", metric_table(f"{kind} anomalies (with the normal images): mean over categories", rows, None,
+                                    columns, [c.split("/", 1)[1] for c in columns])]  # fmt: skip
+        md += ["", cost_table(rows)]
         for c in categories:
-            md += ["", metric_table(c, rows, c)]
+            md += ["", metric_table(c, rows, c, metrics)]
         for c in categories:
             if (table := defect_table(rows, c)) is not None:
                 md += ["", table]
         name = table_name(dataset, protocol)
         md_path, csv_path, rows_path = out / f"{name}.md", out / f"{name}.csv", out / f"{name}_rows.csv"
         md_path.write_text("\n".join(md) + "\n")
-        write_runs_csv(csv_path, rows, categories, [m for m, _ in members])
-        write_rows_csv(rows_path, rows)
-        intro = [f"{len(group)} runs in {len(rows)} rows. {legend(resamples)}", _protocol_line(protocol)]
-        pages = write_html(out / f"{name}.html", f"Leaderboard: {dataset}", intro, rows, categories, members)
+        write_runs_csv(csv_path, rows, categories, every, [m for m, _ in members])
+        write_rows_csv(rows_path, rows, every)
+        intro = [f"{len(group)} runs in {len(rows)} rows. {legend(resamples)}", *notes]
+        pages = write_html(out / f"{name}.html", f"Leaderboard: {dataset}", intro, rows, categories, metrics, members)
         written += [md_path, csv_path, rows_path, *pages]
     return written
 

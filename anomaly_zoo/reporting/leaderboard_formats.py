@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,23 @@ def _metric_cell(row: Row, metric: str, category: str | None, best: float | None
     return text + (f" {TIE}" if category is None and row.tie.get(metric) else "")
 
 
-def metric_table(title: str, rows: list[Row], category: str | None) -> str:
-    header = "| run | status | " + " | ".join(METRIC_NAMES) + " |"
-    lines = [f"### {title}", "", header, "|---|---|" + "---:|" * len(METRIC_NAMES)]
+def status_text(row: Row) -> str:
+    """The status cell: ok, ok (image metrics only) for a dataset without masks, or failed: <error>."""
+    if row.status != "ok":
+        return f"failed: {cell_text(row.first.error)}"
+    return f"ok ({row.scope})" if row.scope else "ok"
+
+
+def metric_table(title: str, rows: list[Row], category: str | None, metrics: Sequence[str] = METRIC_NAMES,
+                 headers: Sequence[str] | None = None) -> str:  # fmt: skip
+    """One Markdown table: a row per leaderboard row, a column per metric (`headers`: their titles)."""
+    header = "| run | status | " + " | ".join(headers or metrics) + " |"
+    lines = [f"### {title}", "", header, "|---|---|" + "---:|" * len(metrics)]
     ok = [r for r in rows if r.status == "ok"]
-    best = {m: max((v for v in (r.mean(m, category) for r in ok) if v is not None), default=None) for m in METRIC_NAMES}
+    best = {m: max((v for v in (r.mean(m, category) for r in ok) if v is not None), default=None) for m in metrics}
     for row in rows:
-        status = row.status if row.status == "ok" else f"failed: {cell_text(row.first.error)}"
-        cells = [_metric_cell(row, m, category, best[m]) for m in METRIC_NAMES]
-        lines.append(f"| {row.label} | {status} | " + " | ".join(cells) + " |")
+        cells = [_metric_cell(row, m, category, best[m]) for m in metrics]
+        lines.append(f"| {row.label} | {status_text(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -121,31 +130,34 @@ def defect_table(rows: list[Row], category: str) -> str | None:
     return "\n".join(lines)
 
 
-def write_runs_csv(path: Path, rows: list[Row], categories: list[str], members: list[str] | None = None) -> None:
+def write_runs_csv(path: Path, rows: list[Row], categories: list[str], metrics: Sequence[str] = METRIC_NAMES,
+                   members: Sequence[str] = ()) -> None:  # fmt: skip
     """One line per run (each seed its own): every metric per category (a union: and per member dataset,
-    `dataset:<label>/<metric>`), its row's label, seed and cost."""
-    members = members or []
-    columns = [f"mean/{m}" for m in METRIC_NAMES] + [f"dataset:{d}/{m}" for d in members for m in METRIC_NAMES]
-    columns += [f"{c}/{m}" for c in categories for m in METRIC_NAMES]
+    `dataset:<label>/<metric>`), its row's label, seed and cost; `pixel_metrics` as results.json says it ("all", or
+    "none...": image metrics only, pixel cells empty)."""
+    columns = [f"mean/{m}" for m in metrics] + [f"dataset:{d}/{m}" for d in members for m in METRIC_NAMES]
+    columns += [f"{c}/{m}" for c in categories for m in metrics]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", "method", "status", "error", "results", "protocol", "seed", *columns,
-                         *[f"cost/{k}" for k in COST_COLUMNS]])  # fmt: skip
+        writer.writerow(["run", "method", "status", "error", "results", "protocol", "pixel_metrics", "seed",
+                         *columns, *[f"cost/{k}" for k in COST_COLUMNS]])  # fmt: skip
         for row in rows:
             for r in row.runs:
-                values = [r.mean.get(m) for m in METRIC_NAMES]
+                values = [r.mean.get(m) for m in metrics]
                 values += [((r.datasets.get(d) or {}).get("mean") or {}).get(m) for d in members for m in METRIC_NAMES]
-                values += [r.categories.get(c, {}).get(m) for c in categories for m in METRIC_NAMES]
+                values += [r.categories.get(c, {}).get(m) for c in categories for m in metrics]
                 cost = [(r.cost or {}).get(k) for k in COST_COLUMNS]
-                writer.writerow([r.label, r.method, r.status, r.error, str(r.path), r.protocol, r.flat.get("seed"),
+                writer.writerow([r.label, r.method, r.status, r.error, str(r.path), r.protocol,
+                                 r.pixel_metrics, r.flat.get("seed"),
                                  *["" if v is None else v for v in values + cost]])  # fmt: skip
 
 
-def write_rows_csv(path: Path, rows: list[Row]) -> None:
+def write_rows_csv(path: Path, rows: list[Row], metrics: Sequence[str] = METRIC_NAMES) -> None:
     """One line per row: per metric the mean over seeds, their std and count, the single run's interval, the tie
-    mark and p-value against the best (image metrics), DeLong's p for I-AUROC."""
-    header = ["run", "method", "status", "seeds", "n"]
-    for m in METRIC_NAMES:
+    mark and p-value against the best (image metrics), DeLong's p for I-AUROC; `scope`: "image metrics only" where
+    the dataset has no masks."""
+    header = ["run", "method", "status", "scope", "seeds", "n"]
+    for m in metrics:
         header += [f"mean/{m}", f"mean/{m} std", f"mean/{m} low", f"mean/{m} high"]
         if m in IMAGE_METRICS:
             header += [f"mean/{m} tied with best", f"mean/{m} p vs best"]
@@ -154,8 +166,9 @@ def write_rows_csv(path: Path, rows: list[Row]) -> None:
         writer = csv.writer(f)
         writer.writerow(header)
         for row in rows:
-            line: list[Any] = [row.label, row.first.method, row.status, " ".join(map(str, row.seeds)), len(row.runs)]
-            for m in METRIC_NAMES:
+            line: list[Any] = [row.label, row.first.method, row.status, row.scope, " ".join(map(str, row.seeds)),
+                               len(row.runs)]  # fmt: skip
+            for m in metrics:
                 interval = row.interval(m)
                 line += [row.mean(m), row.std(m), *(interval if interval else (None, None))]
                 if m in IMAGE_METRICS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -103,23 +104,24 @@ def _cost_td(row: Row, key: str) -> str:
     return f"<td data-value='{html.escape(str(value))}'>{html.escape(shown)}</td>"
 
 
-def _table(rows: list[Row], category: str | None, page: Path, with_cost: bool) -> str:
+def _table(rows: list[Row], category: str | None, page: Path, with_cost: bool, metrics: Sequence[str]) -> str:
     ok = [r for r in rows if r.status == "ok"]
-    best = {m: max((v for v in (r.mean(m, category) for r in ok) if v is not None), default=None) for m in METRIC_NAMES}
+    best = {m: max((v for v in (r.mean(m, category) for r in ok) if v is not None), default=None) for m in metrics}
     head = ["<th data-key='run'>run</th>", "<th data-key='seeds'>seeds</th>"]
-    head += [f"<th data-key='{m}'>{m}</th>" for m in METRIC_NAMES]
+    head += [f"<th data-key='{html.escape(m)}'>{html.escape(m)}</th>" for m in metrics]
     if with_cost:
         head += [f"<th data-key='{k}'>{k.replace('_', ' ')}</th>" for k in COST_COLUMNS]
     head.append("<th data-key='heatmaps'>heatmaps</th>")
     lines = ["<table class='board'><thead><tr>" + "".join(head) + "</tr></thead><tbody>"]
     for row in rows:
         esc = html.escape
-        label = esc(row.label) + ("" if row.status == "ok" else f" (failed: {esc(row.first.error)})")
+        label = esc(row.label) + (f" <span class='spread'>({esc(row.scope)})</span>" if row.scope else "")
+        label += "" if row.status == "ok" else f" (failed: {esc(row.first.error)})"
         cells = [
             f"<td data-value='{esc(row.label)}'>{label}</td>",
             f"<td data-value='{len(row.runs)}'>{len(row.runs)}</td>",
         ]
-        cells += [_metric_td(row, m, category, best[m]) for m in METRIC_NAMES]
+        cells += [_metric_td(row, m, category, best[m]) for m in metrics]
         if with_cost:
             cells += [_cost_td(row, key) for key in COST_COLUMNS]
         cells.append(f"<td data-value=''>{_thumbnails(row, page)}</td>")
@@ -138,22 +140,24 @@ def _page(title: str, intro: list[str], body: str) -> str:
 
 
 def write_html(path: Path, title: str, intro: list[str], rows: list[Row], categories: list[str],
+               metrics: Sequence[str] = METRIC_NAMES,
                members: list[tuple[str, list[Row]]] | None = None) -> list[Path]:  # fmt: skip
     """The main page (means over categories, a union's per-dataset means, cost, links to the categories) and one
-    page per category."""
+    page per category; a column per metric (the suite's seven and the dataset's own)."""
     stem = path.with_suffix("")
     # quoted: a union's `visa:candle` would otherwise read as a URL scheme
     links = " · ".join(f"<a href='{html.escape(quote(f'{stem.name}_{c}.html'))}'>{html.escape(c)}</a>"
                        for c in categories)  # fmt: skip
-    body = "<h2>Mean over categories</h2>" + _table(rows, None, path, True)
+    body = "<h2>Mean over categories</h2>" + _table(rows, None, path, True, metrics)
     for member, member_rows in members or []:
-        body += f"<h2>Mean over {html.escape(member)}'s categories</h2>" + _table(member_rows, None, path, False)
+        body += f"<h2>Mean over {html.escape(member)}'s categories</h2>" + _table(member_rows, None, path, False,
+                                                                                  METRIC_NAMES)  # fmt: skip
     body += f"<p>Per category: {links}</p>"
     path.write_text(_page(title, intro, body), encoding="utf-8")
     written = [path]
     for c in categories:
         page = Path(f"{stem}_{c}.html")
         back = f"<p><a href='{html.escape(path.name)}'>all categories</a></p>"
-        page.write_text(_page(f"{title}: {c}", intro, back + _table(rows, c, page, False)), encoding="utf-8")
+        page.write_text(_page(f"{title}: {c}", intro, back + _table(rows, c, page, False, metrics)), encoding="utf-8")
         written.append(page)
     return written

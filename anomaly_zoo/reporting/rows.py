@@ -45,6 +45,11 @@ class Row:
         return self.first.status
 
     @property
+    def scope(self) -> str:
+        """The runs' mark of a dataset without masks (RunRecord.scope): "image metrics only ..." or empty."""
+        return str(self.first.scope)
+
+    @property
     def seeds(self) -> list[Any]:
         return [r.flat.get("seed") for r in self.runs]
 

@@ -1,36 +1,23 @@
-"""Issue #26's datasets, each through a tiny layout written here: the indexed samples (labels, masks, categories,
-Real-IAD object ids, LOCO anomaly kinds, validation splits) against what the test wrote, and the one-line errors."""
+"""Issue #26's datasets, each through a tiny layout (tests/helpers/anomalib_layouts.py, or written here): the indexed
+samples (labels, masks, categories, Real-IAD object ids, LOCO anomaly kinds, validation splits) against what the test
+wrote, and the one-line errors."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from anomaly_zoo.data import AnomalyDataModule, DatasetLayoutError
 from anomaly_zoo.data.anomalib_sets import index
 from anomaly_zoo.data.registry import get_dataset_info
-
-SIZE = (24, 16)  # width, height
-
-
-def _image(path: Path, value: int = 128) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", SIZE, (value, value // 2, 40)).save(path)
-    return str(path)
-
-
-def _mask(path: Path, box: tuple[int, int, int, int] | None = (2, 2, 8, 6), value: int = 255) -> str:
-    """A mask of SIZE, `value` inside `box` (x0, y0, x1, y1; None: all black)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.zeros(SIZE[::-1], np.uint8)
-    if box:
-        arr[box[1] : box[3], box[0] : box[2]] = value
-    Image.fromarray(arr).save(path)
-    return str(path)
+from tests.helpers.anomalib_layouts import SIZE
+from tests.helpers.anomalib_layouts import image as _image
+from tests.helpers.anomalib_layouts import loco as _loco
+from tests.helpers.anomalib_layouts import mask as _mask
+from tests.helpers.anomalib_layouts import mvtec_ad2 as _mvtec_ad2
+from tests.helpers.anomalib_layouts import realiad as _realiad
 
 
 def _split(name: str, root: Path, category: str, split: str, **options) -> list:
@@ -39,20 +26,6 @@ def _split(name: str, root: Path, category: str, split: str, **options) -> list:
 
 def _by_name(samples) -> dict[str, object]:
     return {Path(s.image_path).relative_to(Path(s.image_path).parents[2]).as_posix(): s for s in samples}
-
-
-def _mvtec_ad2(root: Path) -> dict[str, list[str]]:
-    cat = root / "can"
-    written = {
-        "train": [_image(cat / f"train/good/{i:03d}_regular.png") for i in range(3)],
-        "val": [_image(cat / "validation/good/000_regular.png")],
-        "public_good": [_image(cat / "test_public/good/000_regular.png")],
-        "public_bad": [_image(cat / "test_public/bad/001_overexposed.png", 200)],
-        "private": [_image(cat / f"test_private/{i:03d}_regular.png") for i in range(2)],
-        "mixed": [_image(cat / "test_private_mixed/000_mixed.png")],
-    }
-    written["mask"] = [_mask(cat / "test_public/ground_truth/bad/001_overexposed_mask.png")]
-    return written
 
 
 def test_mvtec_ad2_splits_validation_and_private_sets(tmp_path):
@@ -100,24 +73,6 @@ def test_another_datasets_layout_names_the_dataset_the_path_and_the_layout(tmp_p
     assert "Expected layout: {root}/{category}/train/good" in message and "\n" not in message
 
 
-def _realiad(root: Path, json_dir: str = "realiad_jsons/realiad_jsons") -> dict:
-    cat = root / "realiad_256" / "audiojack"
-    entries: dict[str, list] = {"train": [], "test": []}
-    for split, sample, kind in (("train", "S0001", "OK"), ("test", "S0002", "OK"), ("test", "S0003", "NG")):
-        for view in (1, 2):
-            rel = f"{kind}/{'AK/' if kind == 'NG' else ''}{sample}/audiojack_{sample[1:]}_{kind}_C{view}_2023.jpg"
-            _image(cat / rel)
-            mask = None
-            if kind == "NG":
-                mask = rel.replace(".jpg", ".png")
-                _mask(cat / mask, box=(0, 0, 4, 4) if view == 1 else None)
-            entries[split].append({"category": "audiojack", "anomaly_class": kind, "image_path": rel,
-                                   "mask_path": mask})  # fmt: skip
-    (root / json_dir).mkdir(parents=True, exist_ok=True)
-    (root / json_dir / "audiojack.json").write_text(json.dumps({"meta": {}, **entries}))
-    return entries
-
-
 def test_realiad_carries_each_images_object_id(tmp_path):
     _realiad(tmp_path)
     train = _split("realiad", tmp_path, "audiojack", "train")
@@ -138,21 +93,6 @@ def test_realiad_split_file_key_and_a_missing_file(tmp_path):
         _split("realiad", tmp_path, "audiojack", "test")
     with pytest.raises(DatasetLayoutError, match=r"category folder .*realiad_512/audiojack is missing"):
         _split("realiad", tmp_path, "audiojack", "test", json_path="single_view", resolution=512)
-
-
-def _loco(root: Path, config: bool = True) -> dict[str, str]:
-    cat = root / "breakfast_box"
-    w = {"train": _image(cat / "train/good/000.png"), "val": _image(cat / "validation/good/000.png"),
-         "good": _image(cat / "test/good/000.png"), "logical": _image(cat / "test/logical_anomalies/000.png"),
-         "structural": _image(cat / "test/structural_anomalies/000.png"),
-         "l0": _mask(cat / "ground_truth/logical_anomalies/000/000.png", (0, 0, 3, 3), 255),
-         "l1": _mask(cat / "ground_truth/logical_anomalies/000/001.png", (10, 10, 12, 12), 254),
-         "s0": _mask(cat / "ground_truth/structural_anomalies/000/000.png", (4, 4, 8, 8))}  # fmt: skip
-    if config:
-        config = [{"defect_name": "missing_item", "pixel_value": 255, "saturation_threshold": 100,
-                   "relative_saturation": False}]  # fmt: skip
-        (cat / "defects_config.json").write_text(json.dumps(config))
-    return w
 
 
 def test_mvtec_loco_anomaly_kinds_and_several_masks_per_image(tmp_path):

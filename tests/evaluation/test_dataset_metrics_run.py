@@ -85,6 +85,27 @@ def test_missing_inputs_are_one_line_errors():
     assert dataset_specific_metrics(DatasetMetricsRequest(), scores, labels, maps, masks, cats) is None
 
 
+@pytest.mark.parametrize(
+    ("own_split", "train_split", "fix"),
+    [(True, False, r"its own validation split \(.*/<category>/validation/good\), which is empty or missing there$"),
+     (False, False, r"train split is not indexed here \(a training-free method, or the test set of a cross-dataset "
+                    r"run\), so dataset.val_ratio holds no image out; SegF1 needs a dataset with its own validation"),
+     (False, True, r"set dataset.val_ratio>0")],
+)  # fmt: skip
+def test_segf1_without_validation_images_names_the_fix_that_works(tmp_path, own_split, train_split, fix):
+    """dataset.val_ratio holds out images of the train split, which training-free methods never index."""
+    normal = SimpleNamespace(category="a", label=0)
+    datamodule = SimpleNamespace(name="d", root=tmp_path, categories=["a", "b"], use_train_split=train_split,
+                                 info=SimpleNamespace(own_val_split=own_split), val_dataset=None)  # fmt: skip
+    request = DatasetMetricsRequest(segf1=True)
+    for val_dataset, missing in ((None, "a, b"), (SimpleNamespace(samples=[normal]), "b")):
+        datamodule.val_dataset = val_dataset
+        with pytest.raises(ValueError, match=rf"^SegF1 \(dataset=d\) .* this run has none for {missing}: .*{fix}"):
+            check_dataset_inputs(request, datamodule)
+    datamodule.val_dataset = SimpleNamespace(samples=[normal, SimpleNamespace(category="b", label=0)])
+    check_dataset_inputs(request, datamodule)
+
+
 def test_loco_inputs_from_the_layout(tmp_path):
     """LOCO's side: defects_config.json per category, one ground-truth folder of PNGs per defective image."""
     datamodule = SimpleNamespace(root=tmp_path, info=SimpleNamespace(subdir=""), categories=["box"], name="mvtec_loco",
