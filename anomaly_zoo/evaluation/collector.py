@@ -100,6 +100,14 @@ def _scored(buf: PredictionBuffer) -> np.ndarray:
     return np.flatnonzero(buf.filled)
 
 
+def _scored_maps(buf: PredictionBuffer, done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The maps and masks of the scored images: the buffer itself when all were scored (a memory-mapped buffer is
+    then read category by category, never copied whole into RAM), else a copy of the scored ones."""
+    if done.size == buf.filled.size:
+        return buf.maps, buf.masks
+    return buf.maps[done], buf.masks[done]
+
+
 class EvaluationCollector(Callback):
     """Gathers `MethodOutput`s during `trainer.test` and computes per-category metrics at the end, the way
     `protocol` says (`anomaly_zoo.metrics.protocols`: exact, or an official evaluation's), and the metrics the
@@ -163,8 +171,7 @@ class EvaluationCollector(Callback):
                 f"{int((~buf.filled).sum())} of {buf.filled.size} test images got no prediction; "
                 "metrics need the whole test split"
             )
-        whole = done.size == buf.filled.size  # views of the buffer, no copy of the maps
-        maps, masks = (buf.maps, buf.masks) if whole else (buf.maps[done], buf.masks[done])
+        maps, masks = _scored_maps(buf, done)
         self.per_category, self.mean = compute_category_metrics(
             buf.scores[done], labels[done], maps, masks, [categories[i] for i in done],
             protocol=self.protocol.name, extra_pro_limits=self.dataset_request.pro_limits,
@@ -183,7 +190,8 @@ class EvaluationCollector(Callback):
                 }
             )
             dataset_mean = (self.dataset_metrics or {}).get("mean", {})
-            flat.update({f"test/{k}": v for k, v in dataset_mean.items() if not math.isnan(v)})
+            # written JSON-safe: an undefined dataset metric is None there, not NaN
+            flat.update({f"test/{k}": v for k, v in dataset_mean.items() if v is not None and not math.isnan(v)})
             trainer.logger.log_metrics(flat, step=trainer.global_step)
 
     def _dataset_metrics(self, trainer: Trainer, method: LightningModule, samples: list, labels: np.ndarray,
@@ -222,6 +230,7 @@ class EvaluationCollector(Callback):
             from anomaly_zoo.metrics.pixel_bootstrap import add_pixel_intervals
 
             log.info("pixel-level bootstrap: %d resamples", self.pixel_bootstrap_resamples)
-            add_pixel_intervals(self.intervals, buf.maps[done], buf.masks[done], labels_done, cats,
+            maps, masks = _scored_maps(buf, done)
+            add_pixel_intervals(self.intervals, maps, masks, labels_done, cats,
                                 self.pixel_bootstrap_resamples, self.seed, flip_auroc=self.protocol.flip_auroc,
                                 pro=not self.protocol.binned_pro)  # fmt: skip
