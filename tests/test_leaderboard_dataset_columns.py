@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from anomaly_zoo.leaderboard import main
 from anomaly_zoo.metrics import METRIC_NAMES
 
@@ -127,3 +129,49 @@ def test_dataset_metrics_are_extra_columns(tmp_path):
     iad = _csv(tmp_path / "leaderboard_realiad.csv")["iad"]
     assert (iad["mean/S-AUROC"], iad["audiojack/S-AP"], iad["mean/S-F1max"]) == ("0.95", "0.9", "0.85")
     assert "S-AUROC" not in (tmp_path / "leaderboard_mvtec_ad2.md").read_text()  # columns per dataset
+
+
+def test_wandb_tables_carry_the_dataset_columns_and_empty_pixel_cells(tmp_path, monkeypatch):
+    from anomaly_zoo.reporting.leaderboard import collect_runs, log_to_wandb, tables, wandb_table
+
+    runs = tmp_path / "runs"
+    cats = {"breakfast_box": _row(0.9, 0.8), "juice_bottle": _row(0.7, 0.6)}
+    _write(runs, "strong", "mvtec_loco", cats, dataset_metrics=_loco_block(0.75))
+    _write(runs, "older", "mvtec_loco", cats)  # no dataset metrics: empty cells, no made-up number
+    _write(runs, "free", "bmad", {"Chest": _row(0.8, 0.0)}, pixel_metrics="none: bmad has no masks")
+    by_dataset = {d: wandb_table(group) for d, _, group in tables(collect_runs([runs]))}
+
+    columns, data, best = by_dataset["mvtec_loco"]
+    rows = {r[0]: dict(zip(columns, r, strict=True)) for r in data}
+    extra = ["sPRO@0.05", "logical/sPRO@0.05", "structural/P-AP"]
+    assert all(c in columns and f"{c} std" in columns for c in extra)
+    assert rows["strong"]["sPRO@0.05"] == 0.75 and rows["strong"]["logical/I-AUROC"] == 0.75
+    assert rows["older"]["sPRO@0.05"] is None and rows["older"]["I-AUROC"] == 0.8
+    assert best["sPRO@0.05"] == 0.75 and best["I-AUROC"] == 0.8
+    columns, data, best = by_dataset["bmad"]
+    free = dict(zip(columns, data[0], strict=True))
+    assert free["scope"] == "image metrics only" and all(free[m] is None for m in PIXEL) and free["I-AUROC"] == 0.8
+    assert "P-AP" not in best  # a dataset without masks has no best pixel value
+
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    log_to_wandb(collect_runs([runs]), "anomaly_zoo_test", None, tmp_path)  # None cells are accepted
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_wandb_tables_of_a_union_have_the_member_means(tmp_path):
+    from anomaly_zoo.reporting.leaderboard import collect_runs, tables, wandb_table
+
+    runs = tmp_path / "runs"
+    members = {"mvtec": {"dataset": "mvtec", "categories": ["bottle"], "mean": _row(0.9, 0.8)},
+               "visa": {"dataset": "visa", "categories": ["candle"], "mean": _row(0.5, 0.4)}}  # fmt: skip
+    intervals = {"mean": {"I-AUROC": [0.6, 0.8], "P-AP": [0.5, 0.7]}, "categories": {}, "resamples": 200}
+    _write(runs, "u", "union", {"bottle": _row(0.9, 0.8), "candle": _row(0.5, 0.4)}, datasets=members,
+           intervals=intervals)  # fmt: skip
+    [(_, _, group)] = tables(collect_runs([runs]))
+    columns, [row], _ = wandb_table(group)
+    cells = dict(zip(columns, row, strict=True))
+    assert cells["dataset:mvtec/I-AUROC"] == 0.9 and cells["dataset:visa/P-AP"] == 0.4 and cells["I-AUROC"] == 0.7
+    assert (cells["I-AUROC low"], cells["P-AP high"], cells["I-AP low"]) == (0.6, 0.7, None)
+    assert "PRO low" not in cells  # pixel intervals only where a run has them

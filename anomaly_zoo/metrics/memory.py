@@ -24,13 +24,3 @@ def taken(arr: Any, index: slice | np.ndarray) -> Any:
         release_pages(arr)
         return copy
     return arr[index]
-
-
-def any_per_row(arr: Any, rows_per_read: int = 1024) -> np.ndarray:
-    """(N,) whether each row of an (N, ...) array has a non-zero value, read `rows_per_read` rows at a time so
-    that a memory-mapped array never sits in memory whole."""
-    out = np.zeros(len(arr), dtype=bool)
-    for start in range(0, len(arr), rows_per_read):
-        out[start : start + rows_per_read] = taken(arr, slice(start, start + rows_per_read)).reshape(
-            min(rows_per_read, len(arr) - start), -1).any(1)  # fmt: skip
-    return out

@@ -23,19 +23,13 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
 from anomaly_zoo.metrics.curves import PRO_FPR_LIMIT
+from anomaly_zoo.metrics.pixel_ranks import region_sizes
 
 PIXEL_METRICS: tuple[str, ...] = ("P-AUROC", "P-AP", "P-F1max", "PRO")
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 #: float32 matrix products are exact for integer sums below 2^24; above, float64
 _FLOAT32_EXACT = 2**24
-
-
-def _regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    labelled, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    return labelled, n
 
 
 class PixelResampler:
@@ -53,11 +47,10 @@ class PixelResampler:
         for i in range(self.n):
             self.negatives.append(np.sort(maps[i][~masks[i]]))
             if masks[i].any():
-                labelled, count = _regions(masks[i])
-                sizes = np.bincount(labelled.ravel(), minlength=count + 1)
+                sizes, count = region_sizes(masks[i])
                 pos_values.append(maps[i][masks[i]])
-                pos_image.append(np.full(int(masks[i].sum()), i))
-                pos_region_size.append(sizes[labelled[masks[i]]])
+                pos_image.append(np.full(sizes.size, i))
+                pos_region_size.append(sizes)
                 self.regions_per_image[i] = count
         self.n_neg = np.array([a.size for a in self.negatives], dtype=np.float64)
         self.n_pos = np.zeros(self.n)

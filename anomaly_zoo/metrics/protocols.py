@@ -109,13 +109,13 @@ def binned_pro(
     from sklearn.metrics import auc
 
     pos, neg = pixel.pos, pixel.neg
-    lo = float(min(pos[0], neg[0]))
-    hi = float(max(pos[-1], neg[-1]))
+    lo = float(min(pos[0], neg.min()))
+    hi = float(max(pos[-1], neg.max()))
     thresholds = np.arange(np.float64(lo), np.float64(hi), (np.float64(hi) - np.float64(lo)) / num_th)
     if thresholds.size == 0:  # constant maps: the official loop never runs and its area is undefined
         return math.nan
     keys = _float32_floor(thresholds) if pos.dtype == np.float32 else thresholds
-    fpr = (neg.size - np.searchsorted(neg, keys, side="right")) / neg.size
+    fpr = (neg.size - neg.count(keys, "right")) / neg.size
     # summed weight of the positives from index i on, for every i (plus 0 after the last)
     suffix = np.concatenate([np.cumsum(pos_weights[::-1].astype(np.float64))[::-1], [0.0]])
     pro = suffix[np.searchsorted(pos, keys, side="right")]

@@ -8,16 +8,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from anomaly_zoo.metrics.curves import PRO_FPR_LIMIT, RankedScores, ap_and_f1max, auroc, pro_auc, stable_argsort
+from anomaly_zoo.metrics.curves import PRO_FPR_LIMIT, RankedScores, ap_and_f1max, auroc, pro_auc
 from anomaly_zoo.metrics.memory import taken
+from anomaly_zoo.metrics.pixel_ranks import rank_pixels, rank_pixels_torch
 from anomaly_zoo.metrics.protocols import binned_pro, flipped, get_protocol
 
 METRIC_NAMES: tuple[str, ...] = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "PRO")
-
-# 8-connectivity, as in the MVTec AD evaluation code.
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def _as_numpy(x: Any, name: str) -> np.ndarray:
@@ -77,27 +74,6 @@ def _is_binary(arr: Any) -> bool:
     if not (arr.dtype.is_floating_point if hasattr(arr, "detach") else np.issubdtype(arr.dtype, np.floating)):
         return bool(arr.min() >= 0) and bool(arr.max() <= 1)  # two passes, no temporary
     return bool(((arr == 0) | (arr == 1)).all())
-
-
-def _region_weights(masks: np.ndarray) -> np.ndarray:
-    """Per defect pixel (in C order of masks[masks]) the weight 1 / (region size * number of regions)."""
-    weights: list[np.ndarray] = []
-    n_regions_total = 0
-    for mask in masks:
-        rows = np.flatnonzero(mask.any(1))
-        if not rows.size:
-            continue
-        # Labelled within the defects' bounding box: the same regions and the same C order of the defect pixels,
-        # at a fraction of the cost (masks are mostly empty; 1.0 s -> 0.4 s on the metric benchmark's maps).
-        cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(0))
-        box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        labelled, n_regions = ndimage.label(box, structure=_EIGHT_CONNECTED)
-        sizes = np.bincount(labelled.ravel(), minlength=n_regions + 1)
-        weights.append(1.0 / sizes[labelled[box]])
-        n_regions_total += n_regions
-    if not weights:
-        return np.zeros(0, dtype=np.float64)
-    return np.concatenate(weights) / n_regions_total
 
 
 def pro_key(fpr_limit: float) -> str:
@@ -161,7 +137,7 @@ def compute_metrics(
     results["I-AUROC"] = auroc(image)
     results["I-AP"], results["I-F1max"] = ap_and_f1max(image)
 
-    pixel, weights = _rank_pixels(maps, masks) if device is None else _rank_pixels_torch(maps, masks)
+    pixel, weights = rank_pixels(maps, masks) if device is None else rank_pixels_torch(maps, masks)
     results["P-AUROC"] = auroc(pixel)
     results["P-AP"], results["P-F1max"] = ap_and_f1max(pixel)
     results["PRO"] = binned_pro(pixel, weights) if spec.binned_pro else pro_auc(pixel, weights, pro_fpr_limit)
@@ -194,43 +170,6 @@ def _labels_from_masks(labels: np.ndarray, masks: Any, protocol: str) -> np.ndar
     return from_masks
 
 
-def _rank_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[RankedScores, np.ndarray]:
-    """Defect-pixel scores (sorted, stable) with their PRO weights, and all normal-pixel scores sorted."""
-    # masks hold only 0 and 1 (checked): a one-byte integer array is read as booleans without a copy
-    masks_b = masks.view(bool) if masks.dtype.itemsize == 1 and masks.dtype.kind in "biu" else masks.astype(bool)
-    maps_f = maps.astype(np.float32, copy=False)
-    pos = maps_f[masks_b]  # boolean indexing copies, in C order: the order _region_weights uses
-    order = stable_argsort(pos)
-    pos, weights = pos[order], _region_weights(masks_b)[order]
-    del order
-    neg = maps_f[~masks_b]
-    neg.sort()  # in place: the one large sort
-    return RankedScores.from_sorted(pos, neg), weights
-
-
-def _rank_pixels_torch(maps, masks) -> tuple[RankedScores, np.ndarray]:
-    """`_rank_pixels` with the selection, sorts and searches on the tensors' device; the same arrays come back.
-
-    Sorted float32 values and searchsorted counts are exact whatever does them, and a stable sort's permutation
-    is unique, so the result equals `_rank_pixels`'s (+0.0 added first: a radix sort orders -0.0 before +0.0,
-    numpy's comparison sort keeps them in input order). The connected-component labelling of the masks runs on
-    the CPU while the device sorts (kernels are queued asynchronously).
-    """
-    import torch
-
-    masks_b = masks.bool()
-    masks_host = masks_b.cpu().numpy()
-    maps_f = maps.float() + 0.0
-    pos, neg = maps_f[masks_b], maps_f[~masks_b]  # masked selection is in C order, as numpy's (waits for a count)
-    pos, order = torch.sort(pos, stable=True)
-    neg = torch.sort(neg).values
-    neg_below = torch.searchsorted(neg, pos, side="left")
-    neg_upto = torch.searchsorted(neg, pos, side="right")
-    weights = _region_weights(masks_host)[order.cpu().numpy()]
-    ranked = RankedScores(pos.cpu().numpy(), neg.cpu().numpy(), neg_below.cpu().numpy(), neg_upto.cpu().numpy())
-    return ranked, weights
-
-
 def compute_category_metrics(
     scores: Any,
     labels: Any,
@@ -257,13 +196,14 @@ def compute_category_metrics(
     for category in dict.fromkeys(cats.tolist()):
         idx = np.flatnonzero(cats == category)
         per_category[category] = compute_metrics(
-            scores_np[idx], labels_np[idx], _take(maps, idx), _take(masks, idx), protocol=protocol,
+            scores_np[idx], labels_np[idx], take_rows(maps, idx), take_rows(masks, idx), protocol=protocol,
             pro_fpr_limit=pro_fpr_limit, extra_pro_limits=extra_pro_limits,
         )  # fmt: skip
     return per_category, mean_over_categories(per_category)
 
 
-def _take(arr: Any, idx: np.ndarray) -> np.ndarray:
+def take_rows(arr: Any, idx: np.ndarray) -> np.ndarray:
+    """arr[idx] as a numpy array: a view for a contiguous range, a copy in RAM from a memory-mapped buffer."""
     if isinstance(arr, np.memmap):  # a large test split's buffer: the category read into RAM, the mapping released
         return taken(arr, slice(idx[0], idx[-1] + 1) if _contiguous(idx) else idx)
     arr_np = _as_numpy(arr, "array")

@@ -11,6 +11,7 @@ from typing import Any
 from anomaly_zoo.config_keys import flatten, is_result_neutral, is_seed_key, result_relevant
 from anomaly_zoo.metrics import METRIC_NAMES
 from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES, IMAGE_METRICS
+from anomaly_zoo.metrics.pixel_bootstrap import PIXEL_METRICS
 from anomaly_zoo.reporting.dataset_columns import blank_pixel_metrics, extra_columns, merge_dataset_metrics, scope_note
 from anomaly_zoo.reporting.leaderboard_formats import (
     cost_table,
@@ -212,31 +213,54 @@ def write_leaderboards(runs: list[RunRecord], out_dir: str | Path) -> list[Path]
     return written
 
 
+def wandb_table(group: list[RunRecord]) -> tuple[list[str], list[list[Any]], dict[str, float]]:
+    """A table's W&B content: (columns, one row per seed group, best mean per metric over the rows that finished).
+
+    The columns are those of the Markdown table: the suite's seven, the dataset's own metrics (MVTec AD 2's PRO@0.05
+    and SegF1, Real-IAD's sample-level S-*, LOCO's `<kind>/<metric>`) and a union's `dataset:<label>/<metric>` means,
+    each with its std over seeds; then the bootstrap intervals (image metrics; pixel metrics where computed) and the
+    scope (image metrics only, no masks). An
+    undefined value (a dataset without masks, a metric a run did not report) is an empty cell, never a number."""
+    label_runs(group)
+    rows = group_rows(group)  # runs that differ only in the seed: one row, mean and std over the seeds
+    plain, kinds = extra_columns(group)
+    metrics = [*METRIC_NAMES, *plain, *(c for cols in kinds.values() for c in cols)]
+    members = member_rows(rows)  # a union: per member, the rows (in `rows`' order) with that member's means
+    member_columns = [f"dataset:{member}/{m}" for member, _ in members for m in METRIC_NAMES]
+    # the image metrics' intervals always (empty where not computed), the pixel metrics' where a run has them
+    with_intervals = [*IMAGE_METRICS, *(m for m in PIXEL_METRICS if any(row.interval(m) for row in rows))]
+    bounds_columns = [f"{m} {e}" for m in with_intervals for e in ("low", "high")]
+    columns = ["run", "method", "status", "protocol", "seeds", "scope", *metrics, *member_columns,
+               *[f"{m} std" for m in metrics], *bounds_columns]  # fmt: skip
+    data: list[list[Any]] = []
+    for i, row in enumerate(rows):
+        bounds: list[float | None] = []
+        for m in with_intervals:
+            bounds += row.interval(m) or [None, None]
+        member_cells = [member_rows_[i].mean(m) for _, member_rows_ in members for m in METRIC_NAMES]
+        means, stds = [row.mean(m) for m in metrics], [row.std(m) for m in metrics]
+        data.append([row.label, row.first.method, row.status, row.first.protocol, len(row.runs), row.scope,
+                     *means, *member_cells, *stds, *bounds])  # fmt: skip
+    best: dict[str, float] = {}
+    for m in metrics:
+        values = [v for v in (r.mean(m) for r in rows if r.status == "ok") if v is not None]
+        if values:
+            best[m] = max(values)
+    return columns, data, best
+
+
 def log_to_wandb(runs: list[RunRecord], project: str, entity: str | None, out_dir: str | Path) -> str:
-    """One sortable `wandb.Table` per dataset and protocol plus the best mean of each metric as summary values."""
+    """One sortable `wandb.Table` per dataset and protocol (`wandb_table`) plus the best mean of each metric as
+    summary values."""
     import wandb
 
     run = wandb.init(project=project, entity=entity, job_type="leaderboard", dir=str(out_dir), reinit=True)
     for dataset, protocol, group in tables(runs):
-        label_runs(group)
         name = table_name(dataset, protocol).removeprefix("leaderboard_")  # <dataset>[_<protocol>]
-        rows = group_rows(group)  # runs that differ only in the seed: one row, mean and std over the seeds
-        columns: list[str | int] = ["run", "method", "status", "protocol", "seeds", *METRIC_NAMES,
-                                    *[f"{m} std" for m in METRIC_NAMES], *[f"{m} {e}" for m in IMAGE_METRICS
-                                                                           for e in ("low", "high")]]  # fmt: skip
-        table = wandb.Table(columns=columns)
-        for row in rows:
-            bounds: list[float | None] = []
-            for m in IMAGE_METRICS:
-                bounds += row.interval(m) or [None, None]
-            means, stds = [row.mean(m) for m in METRIC_NAMES], [row.std(m) for m in METRIC_NAMES]
-            table.add_data(row.label, row.first.method, row.status, row.first.protocol, len(row.runs),
-                           *means, *stds, *bounds)  # fmt: skip
-        run.log({f"leaderboard/{name}": table})
-        for m in METRIC_NAMES:
-            best = max((v for v in (r.mean(m) for r in rows if r.status == "ok") if v is not None), default=None)
-            if best is not None:
-                run.summary[f"{name}/best/{m}"] = best
+        columns, data, best = wandb_table(group)
+        run.log({f"leaderboard/{name}": wandb.Table(columns=list[str | int](columns), data=data)})
+        for metric, value in best.items():
+            run.summary[f"{name}/best/{metric}"] = value
     run_dir = run.dir
     run.finish()
     return run_dir

@@ -5,6 +5,7 @@ directly on ground truth read here from the PNGs and defects_config.json, or sci
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -132,8 +133,11 @@ def test_loco_run_reports_logical_and_structural_apart(loco_run, kind):
 def test_realiad_run_reports_sample_level_scores_as_scikit_learn_on_the_max_over_views(tmp_path):
     objects = [("train", "S0001", "OK"), *[("test", f"S{i:04d}", "NG" if i % 2 else "OK") for i in range(2, 10)]]
     layouts.realiad(tmp_path, objects=objects)
-    res = _run("realiad", tmp_path, tmp_path / "run", "dataset.categories=[audiojack]")
+    res = _run("realiad", tmp_path, tmp_path / "run", "dataset.categories=[audiojack]", "logger=csv")
     images, block = res["images"], res["dataset_metrics"]
+    [metrics_csv] = (tmp_path / "run").glob("csv/**/metrics.csv")
+    [logged] = [row for row in csv.DictReader(metrics_csv.open()) if row.get("test/S-AUROC")]
+    assert float(logged["test/S-AUROC"]) == pytest.approx(block["mean"]["S-AUROC"], abs=1e-6)
     assert len(images["path"]) == 16 and len(set(images["sample_id"])) == 8  # two views per object
     by_object: dict[str, tuple[float, int]] = {}
     for sample, score, label in zip(images["sample_id"], images["score"], images["label"], strict=True):
@@ -190,3 +194,18 @@ def test_a_cross_dataset_run_reports_the_tested_datasets_metrics(tmp_path):
     val_pixels = np.stack([_map(Path(p)) for p in w["val"]]).astype(np.float64)
     threshold = res["dataset_metrics"]["segf1_threshold"]["can"]
     assert threshold["value"] == pytest.approx(val_pixels.mean() + 3 * val_pixels.std(), rel=1e-9)
+
+
+def test_an_undefined_sample_metric_is_null_in_results_and_left_out_of_the_logger(tmp_path):
+    """Only normal test objects: the sample-level AUROC/AP are undefined (null in results.json, never a number) and
+    the logger line leaves them out instead of failing on them."""
+    objects = [("train", "S0001", "OK"), *[("test", f"S{i:04d}", "OK") for i in range(2, 6)]]
+    layouts.realiad(tmp_path, objects=objects)
+    res = _run("realiad", tmp_path, tmp_path / "run", "dataset.categories=[audiojack]", "logger=csv")
+    block = res["dataset_metrics"]
+    assert block["mean"]["S-AUROC"] is None and block["categories"]["audiojack"]["S-AP"] is None
+    [metrics_csv] = (tmp_path / "run").glob("csv/**/metrics.csv")
+    header = metrics_csv.read_text().splitlines()[0].split(",")
+    logged = {c for c in header if c.startswith("test/S-")}
+    defined = {f"test/{k}" for k, v in block["mean"].items() if v is not None}
+    assert logged == defined, header

@@ -127,8 +127,8 @@ def test_divad_pro_by_hand():
     # th=0: FPR 1/2 (dropped, >= 0.3), th=1.5: FPR 0, PRO 1 → fewer than 2 points kept: undefined (NaN).
     maps = np.array([[[0.0, 1.0, 2.0, 3.0]]], dtype=np.float32)
     masks = np.array([[[0, 0, 1, 1]]], dtype=np.uint8)
+    from anomaly_zoo.metrics.pixel_ranks import rank_pixels as _rank_pixels
     from anomaly_zoo.metrics.protocols import binned_pro
-    from anomaly_zoo.metrics.suite import _rank_pixels
 
     pixel, weights = _rank_pixels(maps, masks)
     assert math.isnan(binned_pro(pixel, weights, num_th=2))

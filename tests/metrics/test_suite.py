@@ -145,7 +145,7 @@ def test_per_category_and_unweighted_mean():
 @pytest.mark.parametrize("seed,levels", [(20, None), (21, 4), (22, 11)])
 def test_pro_at_other_fpr_limits_matches_brute_force(seed, limit, levels):
     from anomaly_zoo.metrics.curves import RankedScores, pro_auc
-    from anomaly_zoo.metrics.suite import _region_weights
+    from anomaly_zoo.metrics.pixel_ranks import region_weights as _region_weights
 
     _, _, maps, masks = random_case(seed, n=5, size=10, levels=levels)  # 10x10: FPR steps hit 0.3 exactly
     b = masks.astype(bool)
