@@ -1,12 +1,11 @@
 """OneNIP's components on the synthetic set (Table 4a's chain on the CPU demo schedule).
 
-Trains four demo models once per module (24 min on 2 CPU cores): marked `slow` and `ablation` (make test-full).
+Trains four demo models once per module (~25 min on 2 quiet CPU cores): marked `slow` and `ablation`.
 Measured (2026-11-25, see the README): the refiner raises pixel AP by far; the prompt and the restoration stream
-move it by less than one point at this schedule, so the full chain is a strict xfail until they do. Re-run under
-the official defaults (loss, init, layout) on 2026-12-02: the same outcome, 21 min 22 s. Re-run on 2026-12-03 at
-commit f1573f1 (after that day's checkpoint and training-order changes): the refiner test FAILS, P-AP 23.86 / 23.89 /
-23.93 / 23.89 for the four rows (it was 23.7 / 24.0 / 23.6 / 36.9): the refiner no longer helps, a regression to
-bisect; `.ci/run` leaves this module out until it is found.
+move it by less than one point at this schedule, so the full chain is a strict xfail until they do. On 2026-12-03,
+after the datamodule's own training order (issue 29), the refiner at seed 42 stayed on the official Dice's all-zero
+plateau for all 80 epochs (P-AP 23.86 / 23.89 / 23.93 / 23.89), a trajectory effect, not a code change (SEED below);
+at seed 1: 23.5 / 23.6 / 23.6 / 36.6, 1 passed and 1 xfailed.
 """
 
 from __future__ import annotations
