@@ -25,7 +25,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from anomaly_zoo.evaluation.dataset_metrics import dataset_metrics_block, validation_maps
 from anomaly_zoo.evaluation.per_image import image_table
 from anomaly_zoo.methods.components import upsample_maps
-from anomaly_zoo.metrics import compute_category_metrics, mean_over_categories
+from anomaly_zoo.metrics import compute_metrics, mean_over_categories
 from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES, image_intervals
 from anomaly_zoo.metrics.dataset_specific import DatasetMetricsRequest
 from anomaly_zoo.metrics.memory import release_pages
@@ -172,8 +172,9 @@ class EvaluationCollector(Callback):
             index, map_array, mask_array, score_array = (t.detach().cpu().numpy() for t in payload)
             assert self.buffer is not None  # made on rank 0 by on_test_start
             fresh = self.buffer.put(index, map_array, mask_array, score_array)
-            for category in dict.fromkeys(self._categories[fresh].tolist()):
-                self._pending[category] -= int((self._categories[fresh] == category).sum())
+            names, counts = np.unique(self._categories[fresh].astype(str), return_counts=True)
+            for category, count in zip(names.tolist(), counts.tolist(), strict=True):
+                self._pending[category] -= count
                 if self._pending[category] == 0:  # its last image: scored now, while its maps are in the cache
                     self._score_category(category)
 
@@ -182,11 +183,10 @@ class EvaluationCollector(Callback):
         buf = self.buffer
         assert buf is not None
         idx = np.flatnonzero((self._categories == category) & buf.filled)
-        rows, _ = compute_category_metrics(
+        self.per_category[category] = compute_metrics(
             buf.scores[idx], self._labels[idx], take_rows(buf.maps, idx), take_rows(buf.masks, idx),
-            [category] * idx.size, protocol=self.protocol.name, extra_pro_limits=self.dataset_request.pro_limits,
+            protocol=self.protocol.name, extra_pro_limits=self.dataset_request.pro_limits,
         )  # fmt: skip
-        self.per_category[category] = rows[category]
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -195,8 +195,7 @@ class EvaluationCollector(Callback):
         assert buf is not None  # made on rank 0 by on_test_start
         buf.release()
         samples = trainer.datamodule.test_dataset.samples  # type: ignore[attr-defined]  # as in on_test_start
-        labels = np.array([s.label for s in samples])
-        categories = [s.category for s in samples]
+        labels, categories = self._labels, self._categories.tolist()  # read from the samples in on_test_start
         if buf.filled.all():
             done = np.arange(buf.filled.size)
         elif _limited(trainer.limit_test_batches):  # asked for (e.g. debug=fast): metrics on the scored images only

@@ -33,13 +33,9 @@ def ranks_in(neg: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return below, upto
 
 
-def _ordered_key(value: float) -> int:
-    """A float32's position in value order as an integer (the sign-flip trick of IEEE-754 bits); -0.0 < +0.0."""
-    bits = int(np.array(value, dtype=np.float32).view(np.uint32))
-    return (~bits) & 0xFFFFFFFF if bits >> 31 else bits | (1 << 31)
-
-
 def _from_key(key: int) -> np.float32:
+    """The float32 at position `key` of float32 value order: the inverse of `stable_argsort`'s order-preserving
+    bits (negative numbers flipped entirely, positive ones with the sign bit set)."""
     bits = key & 0x7FFFFFFF if key >> 31 else (~key) & 0xFFFFFFFF
     return np.float32(np.array([bits], dtype=np.uint32).view(np.float32)[0])
 
