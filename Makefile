@@ -43,7 +43,7 @@ bench:
 	$(PY) experiments/bench_coreset.py
 	$(PY) experiments/bench_synthesis.py
 	$(PY) experiments/bench_bootstrap.py --pixel
-	$(PY) experiments/bench_eval_scale.py
+	$(PY) experiments/bench_eval_scale.py --repeats 3
 
 # Every GPU measurement of issue 18 in one budget (experiments/bench_gpu.py; --tiny on a CPU). Needs no install:
 # the repository goes on PYTHONPATH. On a bare CUDA machine: `make bench-gpu PY=python3` (see experiments/README.md).

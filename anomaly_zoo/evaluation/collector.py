@@ -30,7 +30,7 @@ from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES, image_intervals
 from anomaly_zoo.metrics.dataset_specific import DatasetMetricsRequest
 from anomaly_zoo.metrics.memory import release_pages
 from anomaly_zoo.metrics.protocols import get_protocol
-from anomaly_zoo.metrics.suite import take_rows
+from anomaly_zoo.metrics.suite import category_rows
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +183,15 @@ class EvaluationCollector(Callback):
         buf = self.buffer
         assert buf is not None
         idx = np.flatnonzero((self._categories == category) & buf.filled)
-        self.per_category[category] = compute_metrics(
-            buf.scores[idx], self._labels[idx], take_rows(buf.maps, idx), take_rows(buf.masks, idx),
-            protocol=self.protocol.name, extra_pro_limits=self.dataset_request.pro_limits,
-        )  # fmt: skip
+        with category_rows(buf.maps, idx) as maps, category_rows(buf.masks, idx) as masks:
+            self.per_category[category] = compute_metrics(
+                buf.scores[idx],
+                self._labels[idx],
+                maps,
+                masks,
+                protocol=self.protocol.name,
+                extra_pro_limits=self.dataset_request.pro_limits,
+            )
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from anomaly_zoo.metrics.curves import PRO_FPR_LIMIT, RankedScores, ap_and_f1max, auroc, pro_auc
-from anomaly_zoo.metrics.memory import taken
+from anomaly_zoo.metrics.memory import rows
 from anomaly_zoo.metrics.pixel_ranks import rank_pixels, rank_pixels_torch
 from anomaly_zoo.metrics.protocols import binned_pro, flipped, get_protocol
 
@@ -195,24 +196,26 @@ def compute_category_metrics(
     per_category: dict[str, dict[str, float]] = {}
     for category in dict.fromkeys(cats.tolist()):
         idx = np.flatnonzero(cats == category)
-        per_category[category] = compute_metrics(
-            scores_np[idx], labels_np[idx], take_rows(maps, idx), take_rows(masks, idx), protocol=protocol,
-            pro_fpr_limit=pro_fpr_limit, extra_pro_limits=extra_pro_limits,
-        )  # fmt: skip
+        with category_rows(maps, idx) as maps_c, category_rows(masks, idx) as masks_c:
+            per_category[category] = compute_metrics(
+                scores_np[idx],
+                labels_np[idx],
+                maps_c,
+                masks_c,
+                protocol=protocol,
+                pro_fpr_limit=pro_fpr_limit,
+                extra_pro_limits=extra_pro_limits,
+            )
     return per_category, mean_over_categories(per_category)
 
 
-def take_rows(arr: Any, idx: np.ndarray) -> np.ndarray:
-    """arr[idx] as a numpy array: a view for a contiguous range, a copy in RAM from a memory-mapped buffer."""
-    if isinstance(arr, np.memmap):  # a large test split's buffer: the category read into RAM, the mapping released
-        return taken(arr, slice(idx[0], idx[-1] + 1) if _contiguous(idx) else idx)
-    arr_np = _as_numpy(arr, "array")
-    # Contiguous index ranges (the usual case: test sets are grouped by category) are views, not copies.
-    return arr_np[idx[0] : idx[-1] + 1] if _contiguous(idx) else arr_np[idx]
-
-
-def _contiguous(idx: np.ndarray) -> bool:
-    return bool(idx.size) and idx[-1] - idx[0] + 1 == idx.size
+@contextmanager
+def category_rows(arr: Any, idx: np.ndarray) -> Iterator[np.ndarray]:
+    """arr[idx] as a numpy array during the block: a view for a contiguous index range (test sets are grouped by
+    category), a copy otherwise; a memory-mapped buffer is read in place and its pages released afterwards
+    (`anomaly_zoo.metrics.memory.rows`)."""
+    with rows(arr if isinstance(arr, np.memmap) else _as_numpy(arr, "array"), idx) as part:
+        yield part
 
 
 def mean_over_categories(

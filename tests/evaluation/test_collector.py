@@ -60,7 +60,7 @@ def test_memory_mapped_buffer_releases_its_pages_and_scores_as_in_ram(monkeypatc
     cats = ["a"] * 20 + ["b"] * 20
     labels = masks.reshape(n, -1).any(1).astype(int)
     got = compute_category_metrics(buf.scores, labels, buf.maps, buf.masks, cats)
-    assert _resident_kib(path) == 0  # each category read into RAM, the mapping released
+    assert _resident_kib(path) == 0  # each category read in place, its pages released afterwards
     assert got == compute_category_metrics(buf.scores, labels, maps, masks, cats)
     assert np.array_equal(buf.mask_any, labels.astype(bool))  # kept at write time: no mask is read back for it
 
