@@ -32,7 +32,8 @@ from anomaly_zoo.inference.folder_predictor import predict_folder
 from anomaly_zoo.reporting.leaderboard import RunRecord
 from anomaly_zoo.reporting.leaderboard_formats import metric_table
 from anomaly_zoo.reporting.rows import Row
-from anomaly_zoo.runner import RunFolderError, run, run_job
+from anomaly_zoo.run_folder import RunFolderError
+from anomaly_zoo.runner import run, run_job
 from anomaly_zoo.validation import ConfigError, DataValidationError, check_split, validate_config
 from tests.helpers.cli import OFFLINE_ENV, ROOT, run_module
 from tests.helpers.pixel_method import PixelDeviation
@@ -862,7 +863,7 @@ def _check_read_only(folder: Path) -> None:
 def test_only_rank_zero_holds_the_run_folder(variable, value, secondary, monkeypatch, tmp_path, compose_cfg):
     """Lightning starts ranks 1.. after rank 0 has claimed the folder: they must not wait for its lock (a hang, both
     DDP evaluation tests end to end) nor write its records."""
-    from anomaly_zoo.runner import RANK_VARIABLES, claim_run_folder, config_key, release_run_folder, secondary_rank
+    from anomaly_zoo.run_folder import RANK_VARIABLES, claim_run_folder, config_key, release_run_folder, secondary_rank
 
     for name in RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)

@@ -109,14 +109,14 @@ def test_training_with_wandb_offline_logs_config_metrics_and_heatmaps(compose_cf
         record = next(runs[0].glob("run-*.wandb")).read_bytes()
     assert b"test/I-AUROC" in record and b"bank_size" in record
     from anomaly_zoo.config_keys import seedless_key
-    from anomaly_zoo.runner import resolved_config
+    from anomaly_zoo.run_folder import resolved_config
 
     assert seedless_key(resolved_config(cfg)).encode() in record  # the W&B group: the config without its seed
 
 
 def test_seedless_key_groups_runs_that_differ_only_in_the_seed(compose_cfg):
     from anomaly_zoo.config_keys import config_key, seedless_key
-    from anomaly_zoo.runner import resolved_config
+    from anomaly_zoo.run_folder import resolved_config
 
     one, two, other = (resolved_config(compose_cfg("train", o)) for o in (["seed=1"], ["seed=2"], ["seed=1",
                        "method.bank_size=64"]))  # fmt: skip
