@@ -193,6 +193,9 @@ def compute_category_metrics(
     cats = np.asarray(list(categories))
     if cats.shape[0] != scores_np.shape[0]:
         raise ValueError(f"got {cats.shape[0]} category names for {scores_np.shape[0]} images")
+    # tensors (any device) to numpy once, not once per category; a memory-mapped buffer stays mapped
+    maps = maps if isinstance(maps, np.memmap) else _as_numpy(maps, "maps")
+    masks = masks if isinstance(masks, np.memmap) else _as_numpy(masks, "masks")
     per_category: dict[str, dict[str, float]] = {}
     for category in dict.fromkeys(cats.tolist()):
         idx = np.flatnonzero(cats == category)

@@ -139,6 +139,14 @@ def test_per_category_and_unweighted_mean():
     assert per_cat["a"] == compute_metrics(*parts[0]) and per_cat["b"] == compute_metrics(*parts[1])
     for k in METRIC_NAMES:
         assert mean[k] == pytest.approx((per_cat["a"][k] + per_cat["b"][k]) / 2)
+    # tensors, and categories interleaved (rows taken as copies, not views): the same rows
+    order = np.r_[0:12:2, 1:12:2]
+    interleaved = [["a", "b"][i // 6] for i in order]
+    per_cat_t, _ = compute_category_metrics(
+        torch.from_numpy(scores[order]), torch.from_numpy(labels[order]), torch.from_numpy(maps[order]),
+        torch.from_numpy(masks[order]), interleaved,
+    )  # fmt: skip
+    assert per_cat_t == per_cat
 
 
 @pytest.mark.parametrize("limit", [0.05, 0.3, 0.5, 1.0])
