@@ -34,6 +34,7 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config as a plain dict, interpolations resolved where they can be (what run records and keys are made of)."""
     try:
         return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # a DictConfig: a dict
     except Exception:  # the failure may be in the config itself
@@ -46,6 +47,7 @@ def config_key(cfg: DictConfig) -> str:
 
 
 def is_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (`-m`): a sweep's jobs share its directory."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

@@ -1,6 +1,6 @@
 """OneNIP's components on the synthetic set (Table 4a's chain on the CPU demo schedule).
 
-Trains four demo models once per module (~25 min on 2 quiet CPU cores): marked `slow` and `ablation`.
+Trains four demo models once per module (26 min on 2 quiet CPU cores, 2026-12-03): marked `slow` and `ablation`.
 Measured (2026-11-25, see the README): the refiner raises pixel AP by far; the prompt and the restoration stream
 move it by less than one point at this schedule, so the full chain is a strict xfail until they do. On 2026-12-03,
 after the datamodule's own training order (issue 29), the refiner at seed 42 stayed on the official Dice's all-zero
