@@ -28,9 +28,8 @@ from anomaly_zoo.methods.components import upsample_maps
 from anomaly_zoo.metrics import compute_metrics, mean_over_categories
 from anomaly_zoo.metrics.bootstrap import DEFAULT_RESAMPLES, image_intervals
 from anomaly_zoo.metrics.dataset_specific import DatasetMetricsRequest
-from anomaly_zoo.metrics.memory import release_pages
+from anomaly_zoo.metrics.memory import category_rows, release_pages
 from anomaly_zoo.metrics.protocols import get_protocol
-from anomaly_zoo.metrics.suite import category_rows
 
 log = logging.getLogger(__name__)
 

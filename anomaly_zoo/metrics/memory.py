@@ -20,8 +20,9 @@ def release_pages(arr: Any) -> None:
 
 
 @contextmanager
-def rows(arr: Any, idx: np.ndarray) -> Iterator[np.ndarray]:
-    """`arr[idx]` as a numpy array for the duration of the block: a view for a contiguous range, a copy otherwise.
+def category_rows(arr: np.ndarray, idx: np.ndarray) -> Iterator[np.ndarray]:
+    """`arr[idx]` for the duration of the block: a view for a contiguous index range (test sets are grouped by
+    category), a copy otherwise.
 
     A contiguous range of a `np.memmap` is read in place through the mapping (its pages come from the page cache,
     where a category written a moment ago still is) and the mapping's pages are released from this process when
@@ -33,5 +34,4 @@ def rows(arr: Any, idx: np.ndarray) -> Iterator[np.ndarray]:
     try:
         yield np.asarray(view)
     finally:
-        del view
         release_pages(arr)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from anomaly_zoo.metrics.curves import PRO_FPR_LIMIT, RankedScores, ap_and_f1max, auroc, pro_auc
-from anomaly_zoo.metrics.memory import rows
+from anomaly_zoo.metrics.memory import category_rows
 from anomaly_zoo.metrics.pixel_ranks import rank_pixels, rank_pixels_torch
 from anomaly_zoo.metrics.protocols import binned_pro, flipped, get_protocol
 
@@ -210,15 +209,6 @@ def compute_category_metrics(
                 extra_pro_limits=extra_pro_limits,
             )
     return per_category, mean_over_categories(per_category)
-
-
-@contextmanager
-def category_rows(arr: Any, idx: np.ndarray) -> Iterator[np.ndarray]:
-    """arr[idx] as a numpy array during the block: a view for a contiguous index range (test sets are grouped by
-    category), a copy otherwise; a memory-mapped buffer is read in place and its pages released afterwards
-    (`anomaly_zoo.metrics.memory.rows`)."""
-    with rows(arr if isinstance(arr, np.memmap) else _as_numpy(arr, "array"), idx) as part:
-        yield part
 
 
 def mean_over_categories(
