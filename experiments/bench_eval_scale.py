@@ -1,6 +1,7 @@
 """Benchmark: evaluation at Real-IAD scale, through the `EvaluationCollector` and the metric suite.
 
-    .venv/bin/python experiments/bench_eval_scale.py [--scales 1 10 50] [--repeats 3] [--categories 30] [--size 256]
+    .venv/bin/python experiments/bench_eval_scale.py [--scales 1 10 50] [--repeats 3] [--parts] [--categories 30]
+        [--size 256]
 
 Per scale k, k x 1,725 test images (MVTec AD's test split; 50x is Real-IAD's order of magnitude) of size x size
 in `--categories` categories (Real-IAD has 30), fed batch by batch through the collector's test hooks exactly as
@@ -10,9 +11,10 @@ so that no two images share values. Each scale runs in a fresh process, so that 
 input generation is not timed. The collector scores each category when its last image arrives, so the feed time
 includes the scoring of the categories; "end" is what the end of the test adds. Prints per scale: images, GiB of
 maps, whether the buffer is memory-mapped, feed time, end time, their total, peak RSS, and the total relative to
-n log n from the first scale's total. With `--repeats R` each scale runs R times (each in its own process) and the
-row is the run with the median total: the 1x total, which the n log n figure scales up, varied from 1.3 to 2.7 s
-between single runs on the same machine (most of it the first writes into the freshly allocated buffer).
+n log n from the first scale's total; with `--parts`, also the time of the collector's parts (writing the maps, the
+suite, the pixel sorts and ranks within it). With `--repeats R` each scale runs R times (each in its own process)
+and the row is the run with the median total: the 1x total, which the n log n figure scales up, varied from 1.3 to
+2.7 s between single runs on the same machine (most of it the first writes into the freshly allocated buffer).
 Goal (issue 26): 50x scored with peak RSS under 8 GiB, time within n log n of the 1x figure.
 """
 
@@ -36,12 +38,41 @@ import torch
 MVTEC_TEST_IMAGES = 1725
 
 
-def one_scale(scale: int, n_categories: int, size: int, batch: int = 32) -> dict:
+def _time_parts() -> dict[str, float]:
+    """Wraps the collector's parts in timers (`--parts`): writing into the buffer, the suite per category, and within
+    it the pixel sorts and ranks. Returns the totals, filled in as the parts run."""
+    import functools
+
+    from anomaly_zoo.evaluation import collector
+    from anomaly_zoo.metrics import suite
+
+    totals: dict[str, float] = {}
+    for owner, name, label in ((collector.PredictionBuffer, "put", "writing the maps"),
+                               (collector, "compute_metrics", "the suite"),
+                               (suite, "rank_pixels", "of which pixel sorts and ranks")):  # fmt: skip
+        inner = getattr(owner, name)
+        totals[label] = 0.0  # printed in this order
+
+        @functools.wraps(inner)
+        def timed(*args, _inner=inner, _label=label, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                totals[_label] = totals.get(_label, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, name, timed)
+    return totals
+
+
+def one_scale(scale: int, n_categories: int, size: int, batch: int = 32, parts: bool = False) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_metrics import make_input
 
     from anomaly_zoo.data.samples import Sample
     from anomaly_zoo.evaluation.collector import EvaluationCollector
+
+    part_times = _time_parts() if parts else {}
 
     pool_scores, pool_labels, pool_maps, pool_masks = make_input(MVTEC_TEST_IMAGES, size, 1258)
     n = scale * MVTEC_TEST_IMAGES
@@ -81,6 +112,7 @@ def one_scale(scale: int, n_categories: int, size: int, batch: int = 32) -> dict
         "score_s": score,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "mean_p_auroc": collector.mean["P-AUROC"],
+        "parts_s": part_times,
     }
 
 
@@ -90,10 +122,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per scale; the median total is reported")
     parser.add_argument("--categories", type=int, default=30)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--parts", action="store_true", help="also time the collector's parts (timers add little)")
     parser.add_argument("--one-scale", type=int, help=argparse.SUPPRESS)  # the child process's job
     args = parser.parse_args()
     if args.one_scale:
-        print(json.dumps(one_scale(args.one_scale, args.categories, args.size)))
+        print(json.dumps(one_scale(args.one_scale, args.categories, args.size, parts=args.parts)))
         return
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {datetime.date.today()}")
     first = None
@@ -101,7 +134,7 @@ def main() -> None:
         runs = []
         for _ in range(max(1, args.repeats)):
             out = subprocess.run([sys.executable, __file__, "--one-scale", str(scale), "--categories",
-                                  str(args.categories), "--size", str(args.size)],
+                                  str(args.categories), "--size", str(args.size), *(["--parts"] * args.parts)],
                                  capture_output=True, text=True, check=True)  # fmt: skip
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         runs.sort(key=lambda r: r["feed_s"] + r["score_s"])
@@ -120,6 +153,8 @@ def main() -> None:
             f" scale ({nlogn:6.1f} s), peak RSS {row['peak_rss_gib']:.2f} GiB, mean P-AUROC {row['mean_p_auroc']:.4f}",
             flush=True,
         )
+        if row["parts_s"]:
+            print("      parts: " + ", ".join(f"{k} {v:.1f} s" for k, v in row["parts_s"].items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ def category_rows(arr: np.ndarray, idx: np.ndarray) -> Iterator[np.ndarray]:
 
     A contiguous range of a `np.memmap` is read in place through the mapping (its pages come from the page cache,
     where a category written a moment ago still is) and the mapping's pages are released from this process when
-    the block ends. Copying the range into RAM first, as before, took 17 s of a 160 s run of
-    `experiments/bench_eval_scale.py` at 50x (0.94 GB per category), for the same resident memory.
+    the block ends. Copying the range into RAM first, as before, took 17 s of a 160 s 50x run of
+    `experiments/bench_eval_scale.py` (timed as `--parts` now does; 0.94 GB per category), for the same resident memory.
     """
     contiguous = bool(idx.size) and idx[-1] - idx[0] + 1 == idx.size
     view = arr[idx[0] : idx[-1] + 1] if contiguous else arr[idx]
